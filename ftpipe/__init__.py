@@ -1,0 +1,3 @@
+"""ftpipe: declarative LLM fine-tuning on Ludwig, with base-versus-tuned evaluation."""
+
+__version__ = "0.1.0"

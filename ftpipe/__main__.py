@@ -1,0 +1,3 @@
+from ftpipe.cli import main
+
+main()

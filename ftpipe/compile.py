@@ -1,0 +1,134 @@
+"""The compiler: a validated spec (plus measured data facts) to a Ludwig LLM config dict.
+
+`compile_spec` is pure: no I/O, no Ludwig import. Every value that matters is set explicitly,
+because Ludwig's finetune trainer inherits defaults meant for other models (100 epochs, lr 1e-3,
+a random 0.7/0.1/0.2 split) and silently drops keys it does not know (shared/LUDWIG.md).
+`ludwig_compat.check_config` then runs Ludwig's own validation and fails if a key was dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from ftpipe import __version__
+from ftpipe.spec import FullAdapter, PipelineSpec, QloraAdapter
+
+INPUT_FEATURE = "prompt"
+OUTPUT_FEATURE = "target"
+SPLIT_COLUMN = "split"
+
+
+@dataclass(frozen=True)
+class CompileContext:
+    """Facts the compiler needs that are not in the spec.
+
+    Attributes:
+        base_model: What Ludwig loads: the resolved folder at run time, the store name in committed configs.
+        max_prompt_tokens: Longest rendered prompt (training and evaluation), measured with the tokenizer.
+        max_target_tokens: Longest target plus the EOS Ludwig appends.
+        device: "cuda" or "cpu", once resolved from the spec's `compute.device`.
+        has_validation: Whether any row has the validation split.
+    """
+
+    base_model: str
+    max_prompt_tokens: int
+    max_target_tokens: int
+    device: str = "cpu"
+    has_validation: bool = True
+
+
+def _adapter(spec: PipelineSpec) -> dict[str, Any] | None:
+    a = spec.adapter
+    if isinstance(a, FullAdapter):
+        return None  # no adapter: Ludwig trains every weight
+    cfg: dict[str, Any] = {"type": "lora" if isinstance(a, QloraAdapter) else a.type}
+    for key in ("r", "alpha", "dropout", "target_modules", "use_dora", "use_rslora", "feedforward_modules"):
+        value = getattr(a, key, None)
+        if value is not None and not (key in ("use_dora", "use_rslora") and value is False):
+            cfg[key] = value
+    return cfg
+
+
+def _quantization(spec: PipelineSpec) -> dict[str, Any] | None:
+    a = spec.adapter
+    if not isinstance(a, QloraAdapter):
+        return None
+    q: dict[str, Any] = {"bits": a.bits}
+    if a.bits == 4:
+        q.update(bnb_4bit_quant_type=a.quant_type, bnb_4bit_use_double_quant=a.double_quant,
+                 bnb_4bit_compute_dtype=a.compute_dtype)
+    return q
+
+
+def _trainer(spec: PipelineSpec, ctx: CompileContext) -> dict[str, Any]:
+    t = spec.training
+    trainer: dict[str, Any] = {
+        "type": "finetune",
+        "epochs": t.epochs,
+        "learning_rate": t.learning_rate,
+        "batch_size": t.batch_size,
+        "eval_batch_size": t.batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "learning_rate_scheduler": {"decay": None if t.lr_schedule == "constant" else t.lr_schedule,
+                                    "warmup_fraction": t.warmup_fraction},
+        "optimizer": {"type": "adamw", "weight_decay": t.weight_decay},
+        "enable_gradient_checkpointing": t.gradient_checkpointing,
+        "checkpoints_per_epoch": t.checkpoints_per_epoch,
+        "early_stop": t.early_stopping_patience if t.early_stopping_patience else -1,
+        "skip_all_evaluation": not (t.evaluate_during_training and ctx.has_validation),
+        "use_mixed_precision": t.precision == "fp16" or (t.precision == "auto" and ctx.device == "cuda"),
+        # Ludwig scales the lr linearly with the number of processes unless told otherwise.
+        "learning_rate_scaling": "constant",
+    }
+    if t.max_steps is not None:
+        trainer["train_steps"] = t.max_steps
+    return trainer
+
+
+def compile_spec(spec: PipelineSpec, ctx: CompileContext) -> dict[str, Any]:
+    """Build the Ludwig config for a spec. Pure: same inputs, same dict."""
+    config: dict[str, Any] = {
+        "model_type": "llm",
+        "base_model": ctx.base_model,
+        "input_features": [{"name": INPUT_FEATURE, "type": "text",
+                            "preprocessing": {"max_sequence_length": ctx.max_prompt_tokens}}],
+        "output_features": [{"name": OUTPUT_FEATURE, "type": "text",
+                             "preprocessing": {"max_sequence_length": ctx.max_target_tokens}}],
+        # Prompts arrive fully rendered (chat template included): Ludwig's template passes them through.
+        "prompt": {"template": "{" + INPUT_FEATURE + "}"},
+        "trainer": _trainer(spec, ctx),
+        "generation": {"do_sample": False, "max_new_tokens": spec.generation.max_new_tokens},
+        "preprocessing": {
+            "split": {"type": "fixed", "column": SPLIT_COLUMN},
+            "global_max_sequence_length": ctx.max_prompt_tokens + ctx.max_target_tokens,
+        },
+        "backend": {"type": "local"},
+    }
+    adapter = _adapter(spec)
+    if adapter is not None:
+        config["adapter"] = adapter
+    quantization = _quantization(spec)
+    if quantization is not None:
+        config["quantization"] = quantization
+    return config
+
+
+def render_compiled(config: dict[str, Any], spec_name: str, spec_sha256: str) -> str:
+    """The committed form of a compiled config: a do-not-edit header, then YAML with sorted keys."""
+    import yaml
+
+    header = (
+        f"# Generated by ftpipe {__version__} from {spec_name} (spec sha256 {spec_sha256[:16]}). Do not edit:\n"
+        f"# run `make configs` to regenerate. base_model is the store name here; `ftpipe run`\n"
+        f"# substitutes the stored folder's path.\n"
+    )
+    return header + yaml.safe_dump(config, sort_keys=True, default_flow_style=False, allow_unicode=True)
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Short hash of a compiled config (recorded in manifests)."""
+    import json
+
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,692 @@
+"""The evaluator's access to models: batched greedy generation, log-likelihoods, text NLL, merging.
+
+Ludwig's own ``predict`` generates one row at a time without an attention mask, so the evaluator
+loads models itself: the base model from a local HF folder, optionally a PEFT adapter on top (as
+Ludwig saves it) or a full fine-tuned folder instead, optionally quantized with bitsandbytes the
+same way Ludwig quantized it for training.
+
+Importing this module is cheap: torch, transformers and peft are imported only when a model is
+loaded, merged or fingerprinted with an ``"auto"`` dtype.
+
+Numerics worth knowing (measured on a 2-core x86 CPU with AVX512-BF16, bitsandbytes 0.50.2):
+
+* bitsandbytes' 4-bit ``Linear4bit`` switches, in eval mode on such CPUs, to a fused kernel that
+  computes in bfloat16 whatever ``compute_dtype`` says, while training (Ludwig's) computes
+  ``dequantize(W) @ x`` in the compute dtype. We turn the fused path off so the adapter is scored on
+  exactly the arithmetic it was trained with.
+* That fused path also repacks the weights in place; ``model.dequantize()`` afterwards returns
+  garbage weights. Merging therefore dequantizes a freshly loaded model, before any forward pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ModelSpec",
+    "LoadedModel",
+    "load_model",
+    "merge_and_save",
+    "spec_fingerprint",
+    "normalize_quantization",
+]
+
+# Bump when the meaning of generate/loglikelihood/text_nll changes, to invalidate cached results.
+_SEMANTICS_VERSION = "ftpipe-generation-1"
+
+_DTYPE_NAMES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+}
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load.
+
+    base_path: local HF folder of the base model (also the tokenizer's source).
+    adapter_path: a PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``).
+        Its ``base_model_name_or_path`` is ignored: the base always comes from ``base_path``.
+    weights_path: a full fine-tuned HF folder, loaded instead of ``base_path`` (tokenizer from it
+        when it has one, else from ``base_path``).
+    quantization: bitsandbytes settings as in Ludwig's ``quantization`` section: ``bits`` (4 or 8),
+        ``quant_type``/``bnb_4bit_quant_type`` (default nf4), ``double_quant``/
+        ``bnb_4bit_use_double_quant`` (default True), ``compute_dtype``/``bnb_4bit_compute_dtype``
+        (default float16, Ludwig's default), ``llm_int8_threshold``, ``llm_int8_has_fp16_weight``.
+    device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
+    dtype: "auto" (bf16 on CUDA when supported, fp32 otherwise), or float32/bfloat16/float16.
+        With quantization, "auto" means the compute dtype (as Ludwig loads it).
+    """
+
+    base_path: str
+    adapter_path: str | None = None
+    weights_path: str | None = None
+    quantization: dict | None = field(default=None, hash=False)
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.adapter_path and self.weights_path:
+            raise ValueError("ModelSpec: give adapter_path or weights_path, not both")
+        if self.dtype != "auto" and self.dtype not in _DTYPE_NAMES:
+            raise ValueError(f"ModelSpec: unknown dtype {self.dtype!r}")
+        if self.quantization is not None:
+            normalize_quantization(self.quantization)  # validates
+
+
+def normalize_quantization(q: dict | None) -> dict | None:
+    """Ludwig-style or short-named quantization settings -> one canonical dict (Ludwig defaults)."""
+    if not q:
+        return None
+    aliases = {
+        "quant_type": "bnb_4bit_quant_type",
+        "double_quant": "bnb_4bit_use_double_quant",
+        "compute_dtype": "bnb_4bit_compute_dtype",
+    }
+    out = {
+        "bits": 4,
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_use_double_quant": True,
+        "bnb_4bit_compute_dtype": "float16",
+        "llm_int8_threshold": 6.0,
+        "llm_int8_has_fp16_weight": False,
+    }
+    for key, value in q.items():
+        key = aliases.get(key, key)
+        if key == "backend":
+            if value not in (None, "bitsandbytes"):
+                raise ValueError(f"quantization backend {value!r} is not supported for evaluation")
+            continue
+        if key not in out:
+            raise ValueError(f"unknown quantization setting {key!r}")
+        out[key] = value
+    if out["bits"] not in (4, 8):
+        raise ValueError(f"quantization bits must be 4 or 8, not {out['bits']!r}")
+    if out["bnb_4bit_quant_type"] not in ("nf4", "fp4"):
+        raise ValueError(f"quant_type must be nf4 or fp4, not {out['bnb_4bit_quant_type']!r}")
+    cd = _DTYPE_NAMES.get(str(out["bnb_4bit_compute_dtype"]))
+    if cd is None:
+        raise ValueError(f"unknown compute_dtype {out['bnb_4bit_compute_dtype']!r}")
+    out["bnb_4bit_compute_dtype"] = cd
+    return out
+
+
+# ----------------------------------------------------------------------------- resolution
+
+
+def _resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _resolve_dtype_name(spec: ModelSpec, device: str) -> str:
+    if spec.dtype != "auto":
+        return _DTYPE_NAMES[spec.dtype]
+    q = normalize_quantization(spec.quantization)
+    if q is not None:
+        return q["bnb_4bit_compute_dtype"]
+    if device.startswith("cuda"):
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "float32"
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def _bnb_config(q: dict):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=q["bits"] == 4,
+        load_in_8bit=q["bits"] == 8,
+        llm_int8_threshold=q["llm_int8_threshold"],
+        llm_int8_has_fp16_weight=q["llm_int8_has_fp16_weight"],
+        bnb_4bit_compute_dtype=_torch_dtype(q["bnb_4bit_compute_dtype"]),
+        bnb_4bit_use_double_quant=q["bnb_4bit_use_double_quant"],
+        bnb_4bit_quant_type=q["bnb_4bit_quant_type"],
+    )
+
+
+def _has_tokenizer(folder: str) -> bool:
+    p = Path(folder)
+    return (p / "tokenizer.json").exists() or (p / "tokenizer_config.json").exists()
+
+
+def _load_tokenizer(spec: ModelSpec):
+    from transformers import AutoTokenizer
+
+    src = spec.weights_path if spec.weights_path and _has_tokenizer(spec.weights_path) else spec.base_path
+    tok = AutoTokenizer.from_pretrained(src)
+    if tok.pad_token_id is None:
+        if tok.eos_token_id is None:
+            raise ValueError(f"tokenizer in {src} has neither a pad nor an eos token")
+        warnings.warn(
+            f"tokenizer in {src} has no pad token; using eos {tok.eos_token!r} as pad",
+            stacklevel=3,
+        )
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def _check_folder(path: str, what: str) -> None:
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{what} folder not found: {path}")
+
+
+# ----------------------------------------------------------------------------- fingerprint
+
+
+def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _folder_summary(folder: Path, *, hash_weights: bool) -> dict:
+    """config.json, tokenizer config and weight files (sizes, or contents when hash_weights)."""
+    out: dict[str, Any] = {}
+    for name in ("config.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        p = folder / name
+        if p.exists():
+            out[name] = _sha256_bytes(p.read_bytes())
+    weights = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES):
+            weights[p.name] = _sha256_file(p) if hash_weights else p.stat().st_size
+    out["weights"] = weights
+    return out
+
+
+def _base_summary(base: Path) -> dict:
+    manifest = base / "ftpipe_model.json"
+    if manifest.exists():
+        return {"ftpipe_model.json": _sha256_bytes(manifest.read_bytes())}
+    return _folder_summary(base, hash_weights=False)
+
+
+def _adapter_summary(adapter: Path) -> dict:
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.exists():
+        weights = adapter / "adapter_model.bin"
+    cfg_path = adapter / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    # Where the base lived on the training machine does not change the adapter.
+    for key in ("base_model_name_or_path", "revision"):
+        cfg.pop(key, None)
+    return {"adapter_config": cfg, "weights": _sha256_file(weights)}
+
+
+def spec_fingerprint(spec: ModelSpec) -> str:
+    """A short stable hash of what ``load_model(spec)`` loads, usable before loading it.
+
+    Covers the base folder (its ``ftpipe_model.json`` if present, else config + weight file sizes),
+    the adapter (config without the base path, sha256 of its weights), full weights (sha256 of
+    every weight file), quantization, the resolved dtype and the scoring semantics version. The
+    device is not part of it.
+    """
+    device = _resolve_device(spec.device)
+    parts: dict[str, Any] = {
+        "v": _SEMANTICS_VERSION,
+        "dtype": _resolve_dtype_name(spec, device),
+        "quantization": normalize_quantization(spec.quantization),
+    }
+    if spec.weights_path:
+        parts["weights"] = _folder_summary(Path(spec.weights_path), hash_weights=True)
+        if not _has_tokenizer(spec.weights_path):
+            parts["base"] = _base_summary(Path(spec.base_path))
+    else:
+        parts["base"] = _base_summary(Path(spec.base_path))
+    if spec.adapter_path:
+        parts["adapter"] = _adapter_summary(Path(spec.adapter_path))
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()
+    return _sha256_bytes(blob)[:16]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _load_hf_model(spec: ModelSpec, device: str, dtype_name: str, *, quantize: bool = True):
+    from transformers import AutoModelForCausalLM
+
+    path = spec.weights_path or spec.base_path
+    _check_folder(path, "model")
+    q = normalize_quantization(spec.quantization) if quantize else None
+    kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype_name)}
+    if q is not None:
+        kwargs["quantization_config"] = _bnb_config(q)
+        kwargs["device_map"] = {"": device}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if q is None:
+        model.to(device)
+    return model
+
+
+def _attach_adapter(model, adapter_path: str):
+    from peft import PeftConfig, PeftModel
+
+    _check_folder(adapter_path, "adapter")
+    config = PeftConfig.from_pretrained(adapter_path)
+    # The recorded base path may be another machine's; we load the base from the spec.
+    config.base_model_name_or_path = None
+    config.inference_mode = True
+    return PeftModel.from_pretrained(model, adapter_path, config=config, is_trainable=False)
+
+
+def _disable_cpu_bf16_4bit_kernel(model) -> int:
+    """Make bitsandbytes' CPU 4-bit layers compute as in training (see module docstring)."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:  # pragma: no cover - no quantized layers then
+        return 0
+    n = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
+def _eos_ids(tokenizer, model) -> list[int]:
+    ids: list[int] = []
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for v in (gen_eos, tokenizer.eos_token_id):
+        if v is None:
+            continue
+        for i in v if isinstance(v, (list, tuple)) else [v]:
+            if i not in ids:
+                ids.append(int(i))
+    return ids
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Load tokenizer, model (optionally quantized) and adapter; eval mode, greedy generation config."""
+    _check_folder(spec.base_path, "base model")
+    device = _resolve_device(spec.device)
+    dtype_name = _resolve_dtype_name(spec, device)
+    tokenizer = _load_tokenizer(spec)
+    model = _load_hf_model(spec, device, dtype_name)
+    if spec.quantization and device == "cpu":
+        _disable_cpu_bf16_4bit_kernel(model)
+    if spec.adapter_path:
+        model = _attach_adapter(model, spec.adapter_path)
+    model.eval()
+    return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, device=device, dtype=dtype_name)
+
+
+# ----------------------------------------------------------------------------- the loaded model
+
+
+def _cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
+    if stop:
+        cut = len(text)
+        for s in stop:
+            if s:
+                i = text.find(s)
+                if 0 <= i < cut:
+                    cut = i
+        text = text[:cut]
+    return text.strip()
+
+
+class LoadedModel:
+    """A loaded (base | base+adapter | full weights) model with its tokenizer, ready to score."""
+
+    def __init__(self, *, spec: ModelSpec, model, tokenizer, device: str, dtype: str):
+        from transformers import GenerationConfig
+
+        self.spec = spec
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.dtype = dtype
+        self.pad_id = int(tokenizer.pad_token_id)
+        hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.eos_ids = _eos_ids(tokenizer, hf)
+        # A clean generation config: plain greedy, nothing inherited from the checkpoint's
+        # generation_config.json (sampling, repetition penalties...), so base and tuned compare fairly.
+        hf.generation_config = GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=self.eos_ids or None,
+            pad_token_id=self.pad_id,
+            do_sample=False,
+            num_beams=1,
+        )
+        cfg = getattr(hf, "config", None)
+        self.max_length = int(getattr(cfg, "max_position_embeddings", 0) or 0) or None
+        self._fingerprint: str | None = None
+
+    # -- helpers
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _left_pad(self, rows: list[list[int]]):
+        import torch
+
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            if r:
+                ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+                mask[i, width - len(r) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _right_pad(self, rows: list[list[int]]):
+        import torch
+
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _new_tokens(self, row: list[int]) -> list[int]:
+        eos = set(self.eos_ids)
+        for j, t in enumerate(row):
+            if t in eos:
+                return row[:j]
+        return row
+
+    # -- generation
+
+    def generate(
+        self,
+        prompts: list[str],
+        *,
+        max_new_tokens: int,
+        batch_size: int = 16,
+        stop: list[str] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[str]:
+        """Greedy completions of fully rendered prompts, in the prompts' order.
+
+        Prompts are tokenized as-is (no special tokens added), sorted by length (longest first),
+        left-padded in batches with attention masks. Each result is the new text only, decoded
+        without special tokens, cut at the first ``stop`` string and stripped. Equal to generating
+        each prompt alone. ``progress`` gets the number of prompts finished so far.
+        """
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        encoded = [self._encode(p) for p in prompts]
+        for i, e in enumerate(encoded):
+            if not e:
+                raise ValueError(f"prompt {i} is empty after tokenization")
+        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+        results: list[str | None] = [None] * len(prompts)
+        tokenizer = self.tokenizer
+        eos = set(self.eos_ids)
+        stops = [s for s in (stop or []) if s]
+
+        class _StopStrings(StoppingCriteria):
+            """Per row: stop once the decoded new text contains a stop string."""
+
+            def __init__(self, prompt_width: int):
+                self.prompt_width = prompt_width
+
+            def __call__(self, input_ids, scores, **kwargs):
+                done = []
+                for row in input_ids[:, self.prompt_width :].tolist():
+                    cut = next((j for j, t in enumerate(row) if t in eos), len(row))
+                    text = tokenizer.decode(row[:cut], skip_special_tokens=True)
+                    done.append(any(s in text for s in stops))
+                return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+        finished = 0
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            input_ids, mask = self._left_pad([encoded[i] for i in idx])
+            width = input_ids.shape[1]
+            criteria = StoppingCriteriaList([_StopStrings(width)]) if stops else None
+            with torch.inference_mode():
+                out = self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                    stopping_criteria=criteria,
+                )
+            for row, i in zip(out[:, width:].tolist(), idx):
+                text = tokenizer.decode(self._new_tokens(row), skip_special_tokens=True)
+                results[i] = _cut_at_stop(text, stops)
+            finished += len(idx)
+            if progress is not None:
+                progress(finished)
+        return [r if r is not None else "" for r in results]
+
+    # -- log-likelihood of continuations
+
+    def _continuation_request(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        if context:
+            whole = self._encode(context + continuation)
+            n_ctx = len(self._encode(context))
+            ctx_enc, cont_enc = whole[:n_ctx], whole[n_ctx:]
+        else:
+            # Nothing to condition on: condition on a start token, like lm-evaluation-harness.
+            prefix = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_ids[0]
+            ctx_enc, cont_enc = [int(prefix)], self._encode(continuation)
+        return ctx_enc, cont_enc
+
+    def loglikelihood(
+        self,
+        contexts: list[str],
+        continuations: list[str],
+        *,
+        batch_size: int = 16,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[tuple[float, int]]:
+        """(sum of log-probs of the continuation's tokens given the context, number of those tokens).
+
+        The continuation's tokens are the tail of ``encode(context + continuation)`` after
+        ``len(encode(context))`` tokens (lm-evaluation-harness's boundary rule, without its move of
+        trailing context whitespace, since chat-rendered contexts end in a newline). An empty
+        continuation scores (0.0, 0). Over-long inputs lose tokens from the left.
+        """
+        import torch
+
+        if len(contexts) != len(continuations):
+            raise ValueError("contexts and continuations differ in length")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        rows: list[list[int]] = []
+        targets: list[list[int]] = []
+        for ctx, cont in zip(contexts, continuations):
+            ctx_enc, cont_enc = self._continuation_request(ctx, cont)
+            full = (ctx_enc + cont_enc)[:-1] if cont_enc else []
+            if self.max_length and len(full) > self.max_length:
+                full = full[-self.max_length :]
+            rows.append(full)
+            targets.append(cont_enc)
+        n_cont = [len(t) for t in targets]
+        results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
+        todo = [i for i in range(len(rows)) if n_cont[i] > 0]
+        order = sorted(todo, key=lambda i: -len(rows[i]))
+        finished = len(rows) - len(todo)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            input_ids, mask = self._left_pad([rows[i] for i in idx])
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+            keep = max(n_cont[i] for i in idx)
+            with torch.inference_mode():
+                logits = self.model(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    position_ids=position_ids,
+                    logits_to_keep=keep,
+                    use_cache=False,
+                ).logits
+            for b, i in enumerate(idx):
+                c = n_cont[i]
+                logp = torch.log_softmax(logits[b, keep - c :].float(), dim=-1)
+                tgt = torch.tensor(targets[i], dtype=torch.long, device=logp.device)
+                results[i] = (float(logp.gather(-1, tgt[:, None]).sum()), c)
+            finished += len(idx)
+            if progress is not None:
+                progress(finished)
+        return results
+
+    # -- perplexity on raw text
+
+    def text_nll(
+        self,
+        texts: list[str],
+        *,
+        max_length: int = 512,
+        batch_size: int = 8,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[float, int]:
+        """(total negative log-likelihood in nats, number of predicted tokens) over raw texts.
+
+        Each text is tokenized with the tokenizer's default special tokens (a BOS where the model
+        uses one), truncated to ``max_length`` tokens; every token after the first is predicted.
+        Perplexity = exp(nll / n).
+        """
+        import torch
+        import torch.nn.functional as F
+
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if max_length < 2:
+            raise ValueError("max_length must be >= 2")
+        encoded = [list(self.tokenizer(t)["input_ids"])[:max_length] for t in texts]
+        order = sorted((i for i in range(len(texts)) if len(encoded[i]) >= 2), key=lambda i: -len(encoded[i]))
+        total, count = 0.0, 0
+        finished = len(texts) - len(order)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            input_ids, mask = self._right_pad([encoded[i] for i in idx])
+            with torch.inference_mode():
+                logits = self.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+            for b, i in enumerate(idx):
+                n = len(encoded[i])
+                total += float(F.cross_entropy(logits[b, : n - 1].float(), input_ids[b, 1:n], reduction="sum"))
+                count += n - 1
+            del logits
+            finished += len(idx)
+            if progress is not None:
+                progress(finished)
+        return total, count
+
+    # -- identity
+
+    def fingerprint(self) -> str:
+        """Short stable hash of what was loaded (see ``spec_fingerprint``)."""
+        if self._fingerprint is None:
+            self._fingerprint = spec_fingerprint(self.spec)
+        return self._fingerprint
+
+
+# ----------------------------------------------------------------------------- merging
+
+
+def _dequantize_fresh(model, dtype) -> None:
+    """Dequantize a just-loaded bitsandbytes model in place (before any forward pass)."""
+    for module in model.modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            raise RuntimeError("4-bit weights were repacked by a forward pass; dequantize a fresh load")
+    model.dequantize(dtype=dtype)
+
+
+def merge_and_save(spec: ModelSpec, out_dir: Path, *, dtype: str = "auto", overwrite: bool = False) -> Path:
+    """Write a standalone HF folder: base + adapter merged (PEFT ``merge_and_unload``) + tokenizer.
+
+    The merge runs in float32 on the CPU. For a quantized spec the base is loaded quantized exactly
+    as for training and dequantized to float32 before merging (the weights the adapter was trained
+    against), never merged into 4-bit weights. ``dtype`` of the saved weights: "auto" keeps the base
+    checkpoint's 16-bit dtype if it has one, else float32. Built in a temporary folder next to
+    ``out_dir`` and renamed into place at the end.
+    """
+    import torch
+
+    out_dir = Path(out_dir)
+    if not spec.adapter_path:
+        raise ValueError("merge_and_save needs a spec with an adapter_path")
+    if out_dir.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} already exists")
+    tokenizer = _load_tokenizer(spec)
+    tokenizer.padding_side = "right"  # the saved tokenizer keeps its usual default
+    q = normalize_quantization(spec.quantization)
+    if q is not None:
+        base = _load_hf_model(spec, "cpu", q["bnb_4bit_compute_dtype"])
+        _dequantize_fresh(base, torch.float32)
+        base.to(torch.float32)
+    else:
+        base = _load_hf_model(spec, "cpu", "float32", quantize=False)
+    stored = getattr(base.config, "dtype", None) or getattr(base.config, "torch_dtype", None)
+    if dtype == "auto":
+        name = str(stored).replace("torch.", "") if stored is not None else "float32"
+        save_dtype = name if name in ("bfloat16", "float16") else "float32"
+    else:
+        save_dtype = _DTYPE_NAMES[dtype]
+    peft_model = _attach_adapter(base, spec.adapter_path)
+    merged = peft_model.merge_and_unload()
+    merged = merged.to(_torch_dtype(save_dtype))
+    if getattr(merged.config, "quantization_config", None) is not None:
+        del merged.config.quantization_config
+    for attr in ("hf_quantizer", "is_quantized", "quantization_method"):
+        if attr in merged.__dict__:
+            try:
+                delattr(merged, attr)
+            except AttributeError:  # pragma: no cover
+                pass
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

@@ -1,0 +1,236 @@
+"""The only module that imports Ludwig: version gate, workarounds, config check, train/save/load.
+
+Every workaround for a Ludwig 0.17.10 bug lives here, names the bug, and has a test in
+tests/test_ludwig_compat.py that fails the day upstream behaviour changes, so it can be deleted.
+Bugs sidestepped by configuration instead of patches (see shared/LUDWIG.md):
+- prompt cut at the last pad token / padding attended: the store saves tokenizers with pad id 0
+  (`<|endoftext|>`), which never occurs in text (ftpipe/store.py);
+- prompts truncated from the end: the compiler sets sequence lengths from measured token counts;
+- unknown keys silently dropped: `check_config` fails when Ludwig did not keep a key we set;
+- wrong LLM eval metrics and one-row-at-a-time generation: the evaluator scores its own
+  batched generations (ftpipe/generation.py) and never uses Ludwig's evaluate/predict.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from ftpipe.errors import CompileError, FtpipeError, TrainError
+
+SUPPORTED_LUDWIG = "0.17.10"
+_PATCHED = False
+
+
+def import_ludwig():
+    """Import Ludwig quietly, check its version and apply our workarounds (idempotent)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import ludwig
+        import ludwig.api  # noqa: F401
+    # Importing Ludwig sets the root logger to INFO on stdout (ludwig/__init__.py): undo that.
+    root.setLevel(level)
+    root.handlers[:] = handlers
+    if ludwig.__version__ != SUPPORTED_LUDWIG:
+        warnings.warn(f"ftpipe was verified with Ludwig {SUPPORTED_LUDWIG}, found {ludwig.__version__}", stacklevel=2)
+    apply_patches()
+    return ludwig
+
+
+# --------------------------------------------------------------------------------------------
+# Workaround 1: LudwigModel.load() fails on every saved LLM.
+# Upstream bug: the saved config has `adapters: null`, but the JSON schema of the `adapters` field
+# (NamedAdaptersConfigField._jsonschema_type_mapping) has no null branch, so load() raises
+# ConfigValidationError "None is not of type 'object'". Deleting the key does not help: load() puts
+# it back. Fix: let the field's JSON schema also accept null, then clear Ludwig's cached schema.
+# --------------------------------------------------------------------------------------------
+
+
+def adapters_null_rejected() -> bool:
+    """True while stock Ludwig's JSON schema rejects `adapters: null` (the bug is still there)."""
+    from ludwig.config_validation.validation import get_schema
+    from ludwig.schema.llms.peft import NamedAdaptersConfigField
+
+    original = getattr(NamedAdaptersConfigField, "_ftpipe_original_mapping", NamedAdaptersConfigField._jsonschema_type_mapping)
+    schema = original(NamedAdaptersConfigField())
+    del get_schema  # imported only to make sure the module exists
+    return "null" not in str(schema.get("type", "")) and not any(
+        branch.get("type") == "null" for branch in schema.get("anyOf", []) + schema.get("oneOf", []))
+
+
+def _patch_adapters_null() -> None:
+    from ludwig.config_validation.validation import get_schema
+    from ludwig.schema.llms.peft import NamedAdaptersConfigField
+
+    if hasattr(NamedAdaptersConfigField, "_ftpipe_original_mapping"):
+        return
+    original = NamedAdaptersConfigField._jsonschema_type_mapping
+    NamedAdaptersConfigField._ftpipe_original_mapping = original
+
+    def nullable(self):
+        return {"anyOf": [original(self), {"type": "null"}]}
+
+    NamedAdaptersConfigField._jsonschema_type_mapping = nullable
+    get_schema.cache_clear()
+
+
+def apply_patches() -> None:
+    """Apply the workarounds above once per process."""
+    global _PATCHED
+    if _PATCHED:
+        return
+    _patch_adapters_null()
+    _PATCHED = True
+
+
+# --------------------------------------------------------------------------------------------
+# Config validation: Ludwig's own schema, plus "did Ludwig keep every key we set?"
+# --------------------------------------------------------------------------------------------
+
+
+def _dropped_keys(ours: Any, theirs: Any, prefix: str = "") -> list[str]:
+    """Keys set in our config that are missing or changed in Ludwig's resolved config."""
+    problems: list[str] = []
+    if isinstance(ours, dict):
+        if not isinstance(theirs, dict):
+            return [f"{prefix or 'config'}: became {theirs!r}"]
+        for key, value in ours.items():
+            path = f"{prefix}.{key}" if prefix else key
+            if key not in theirs:
+                problems.append(f"{path}: dropped by Ludwig")
+            else:
+                problems += _dropped_keys(value, theirs[key], path)
+    elif isinstance(ours, list) and ours and isinstance(ours[0], dict):
+        for i, (a, b) in enumerate(zip(ours, theirs or [])):
+            problems += _dropped_keys(a, b, f"{prefix}[{i}]")
+    elif ours != theirs and not (isinstance(ours, (int, float)) and isinstance(theirs, (int, float)) and float(ours) == float(theirs)):
+        problems.append(f"{prefix}: set to {ours!r}, Ludwig resolved {theirs!r}")
+    return problems
+
+
+def check_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate a compiled config with Ludwig's schema; fail if Ludwig rejected, dropped or changed a key.
+
+    Returns:
+        The config as Ludwig resolved it (all defaults filled in), to save in the run folder.
+    """
+    import_ludwig()
+    from ludwig.error import ConfigValidationError
+    from ludwig.schema.model_types.base import ModelConfig
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            resolved = ModelConfig.from_dict(config).to_dict()
+        except ConfigValidationError as e:
+            raise CompileError(f"Ludwig rejected the compiled config: {str(e).splitlines()[0][:300]}",
+                               hint="this is an ftpipe compiler bug; please report it with the spec") from None
+    ignored = [str(w.message) for w in caught if "will be ignored" in str(w.message)]
+    problems = _dropped_keys(config, resolved) + ignored
+    if problems:
+        raise CompileError("Ludwig did not keep the compiled config as meant: " + "; ".join(problems),
+                           hint="this is an ftpipe compiler bug; please report it with the spec")
+    return resolved
+
+
+# --------------------------------------------------------------------------------------------
+# Training, saving, loading
+# --------------------------------------------------------------------------------------------
+
+
+def make_progress_callback(on_step: Callable[[dict], None]):
+    """A Ludwig callback reporting {step, total_steps, epoch, loss, learning_rate} after each batch.
+
+    Ludwig's progress tracker has no loss, so the trainer's `train_step` is wrapped to capture it.
+    """
+    import_ludwig()
+    from ludwig.callbacks import Callback
+
+    class _Progress(Callback):
+        def __init__(self):
+            self.last_loss: float | None = None
+
+        def on_trainer_train_setup(self, trainer, save_path, is_coordinator, **kwargs):
+            original = trainer.train_step
+
+            def train_step(*args, **kw):
+                result = original(*args, **kw)
+                self.last_loss = float(result[0].detach()) if hasattr(result[0], "detach") else float(result[0])
+                return result
+
+            trainer.train_step = train_step
+
+        def on_batch_end(self, trainer, progress_tracker, save_path, sync_step=True, **kwargs):
+            on_step({"step": progress_tracker.steps, "total_steps": progress_tracker.total_steps,
+                     "epoch": progress_tracker.epoch, "loss": self.last_loss,
+                     "learning_rate": progress_tracker.learning_rate})
+
+    return _Progress()
+
+
+def train_model(config: dict[str, Any], frame, output_dir: Path, *, seed: int, resume: bool = False,
+                callbacks: list | None = None, quantized: bool = False):
+    """Train with LudwigModel and save the final model under `output_dir/model`.
+
+    Args:
+        config: The compiled, checked Ludwig config.
+        frame: Training DataFrame with prompt, target and split columns.
+        output_dir: Ludwig's output directory (checkpoints and statistics go here).
+        seed: Random seed handed to Ludwig.
+        resume: Resume from `output_dir`'s last checkpoint when one exists.
+        callbacks: Ludwig callbacks (progress reporting).
+        quantized: QLoRA; Ludwig's end-of-training restore of the best checkpoint crashes on 4-bit
+            weights ("Unexpected keys ... absmax, quant_map"), so the model is saved as trained instead.
+
+    Returns:
+        (LudwigModel, training statistics from training_statistics.json, path of the saved model folder).
+    """
+    import_ludwig()
+    from ludwig.api import LudwigModel
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model = LudwigModel(config, logging_level=logging.ERROR, callbacks=callbacks)
+    experiment = output_dir / "_ludwig" / "experiment_run"
+    resume_path = str(experiment) if resume and (experiment / "model" / "training_progress.json").exists() else None
+    try:
+        result = model.train(
+            dataset=frame,
+            output_directory=str(output_dir / "_ludwig"),
+            model_resume_path=resume_path,
+            skip_save_model=quantized,
+            skip_save_processed_input=True,
+            random_seed=seed,
+            experiment_name="experiment",
+            model_name="run",
+        )
+    except FtpipeError:
+        raise
+    except Exception as e:
+        raise TrainError(f"Ludwig training failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}",
+                         hint="rerun with --debug for the traceback") from e
+    saved = output_dir / "model"
+    model.save(str(saved))
+    stats_file = experiment / "training_statistics.json"
+    stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
+    return model, stats, saved
+
+
+def load_model(path: Path):
+    """Load a saved LudwigModel (needs workaround 1)."""
+    import_ludwig()
+    from ludwig.api import LudwigModel
+
+    return LudwigModel.load(str(path), logging_level=logging.ERROR)
+
+
+def adapter_folder(saved_model: Path) -> Path | None:
+    """Where Ludwig put the PEFT adapter of a saved model, or None for full fine-tuning."""
+    folder = saved_model / "model_weights"
+    return folder if (folder / "adapter_config.json").exists() else None

@@ -1,0 +1,103 @@
+"""Reading task sources into pandas DataFrames with the established readers (pandas, pyarrow, datasets)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from ftpipe.errors import DataError
+
+SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
+                  ".parquet": "parquet", ".txt": "text", ".md": "text"}
+
+
+def detect_format(path: Path, declared: str = "auto") -> str:
+    """The reader for a path: the declared one, else by extension (a folder is a saved `datasets` dataset)."""
+    if declared != "auto":
+        return declared
+    if path.is_dir():
+        return "hf_disk"
+    suffixes = [s for s in path.suffixes if s != ".gz"]
+    fmt = SUFFIX_FORMATS.get(suffixes[-1].lower() if suffixes else "")
+    if fmt is None:
+        raise DataError(f"{path}: cannot tell the format from the extension",
+                        hint="set source.format to one of jsonl, json, csv, tsv, parquet, text, hf_disk")
+    return fmt
+
+
+def peek_columns(path: Path, declared: str = "auto") -> list[str] | None:
+    """Column names from the first record or header, without pandas (used by the fast `validate`).
+
+    Returns None for formats whose columns are only known after a full read.
+    """
+    try:
+        fmt = detect_format(path, declared)
+    except DataError:
+        return None
+    if fmt == "text":
+        return ["text"]
+    if path.suffix == ".gz":
+        return None
+    try:
+        if fmt == "jsonl":
+            with path.open(encoding="utf-8") as f:
+                for line in f:
+                    if line.strip():
+                        return list(json.loads(line).keys())
+            return []
+        if fmt in ("csv", "tsv"):
+            with path.open(encoding="utf-8", newline="") as f:
+                return next(csv.reader(f, delimiter="\t" if fmt == "tsv" else ","), [])
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    return None
+
+
+def read_source(path: Path | None, fmt: str = "auto", *, hub: str | None = None, split: str | None = None):
+    """Read a whole source into a DataFrame; plain text becomes one row per blank-line-separated passage."""
+    import pandas as pd
+
+    if hub is not None:
+        return _read_hub(hub, split)
+    assert path is not None
+    if not path.exists():
+        raise DataError(f"{path}: no such file", hint="check source.path (relative to the spec file)")
+    fmt = detect_format(path, fmt)
+    try:
+        if fmt == "jsonl":
+            return pd.read_json(path, lines=True, dtype=False)
+        if fmt == "json":
+            return pd.read_json(path, dtype=False)
+        if fmt in ("csv", "tsv"):
+            return pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False)
+        if fmt == "parquet":
+            return pd.read_parquet(path)
+        if fmt == "text":
+            passages = [p.strip() for p in path.read_text(encoding="utf-8").split("\n\n")]
+            return pd.DataFrame({"text": [p for p in passages if p]})
+        if fmt == "hf_disk":
+            import datasets
+
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                if split is None:
+                    raise DataError(f"{path}: a DatasetDict with splits {list(ds)}", hint="set source.split")
+                ds = ds[split]
+            return ds.to_pandas()
+    except DataError:
+        raise
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path}: cannot read as {fmt}: {str(e).splitlines()[0]}", hint="check the file or source.format") from None
+    raise DataError(f"{path}: unknown format {fmt}")
+
+
+def _read_hub(name: str, split: str | None):
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as e:  # the datasets library raises many types for "no network / not cached"
+        raise DataError(f"hub dataset {name}: cannot load ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
+                        hint="this needs network or a Hugging Face cache; save it with datasets.save_to_disk and use source.path") from None
+    return ds.to_pandas()

