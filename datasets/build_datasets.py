@@ -114,8 +114,8 @@ def write_text(path: Path, text: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 TR_PRODUCTS = [
-    "wireless headphones", "coffee grinder", "standing desk", "air fryer", "yoga mat",
-    "hiking backpack", "desk lamp", "electric kettle", "running shoes", "winter jacket",
+    "pair of wireless headphones", "coffee grinder", "standing desk", "air fryer", "yoga mat",
+    "hiking backpack", "desk lamp", "electric kettle", "pair of running shoes", "winter jacket",
     "blender", "office chair", "camera bag", "rice cooker", "duvet set", "travel mug",
     "garden hose", "toaster", "bike helmet", "wall clock",
 ]
@@ -325,7 +325,7 @@ TR_GENERIC = [
 
 TR_GREETINGS = [
     "Hi.", "Hello.", "Hi there.", "Good morning.", "Good afternoon.", "Hello team.",
-    "Dear support,", "Hey.",
+    "Hello support.", "Hey.",
 ]
 
 TR_CLOSINGS = [
@@ -466,7 +466,7 @@ OE_TEMPLATES = [
     "Book {np} for our client in {city}.",
     "In {city} we are short of {plural}, so please send {np}.",
 ]
-OE_PREFIXES = ["", "", "", "", "Hi! ", "Hello, ", "Good morning. ", "Quick request: ",
+OE_PREFIXES = ["", "", "", "", "Hi! ", "Hello, ", "Good morning. ", "Quick request. ",
                "Hi team, ", "Hello there. "]
 OE_SUFFIXES = ["", "", "", "", " Thank you!", " Thanks in advance.", " Much appreciated.",
                " Thanks.", " Cheers."]
@@ -674,3 +674,1618 @@ def build_word_opposites(rng: random.Random) -> list[dict]:
         rows.append({"aliases": list(opposites), "answer": opposites[0], "question": question})
     rng.shuffle(rows)
     return rows
+
+
+# --------------------------------------------------------------------------------------------
+# 4. everyday_mc (held-out probe)
+# --------------------------------------------------------------------------------------------
+
+# name -> (phrase with article, bare noun, members, categories it must not take distractors from)
+MC_CATEGORIES = {
+    "fruit": ("a fruit", "fruit", ["apple", "banana", "cherry", "grape", "mango", "pear", "peach",
+                                   "plum", "strawberry", "pineapple", "lemon", "watermelon"], ["color"]),
+    "vegetable": ("a vegetable", "vegetable", ["carrot", "potato", "onion", "cabbage", "broccoli",
+                                               "spinach", "lettuce", "celery", "cauliflower",
+                                               "leek"], []),
+    "bird": ("a bird", "bird", ["sparrow", "eagle", "owl", "parrot", "pigeon", "robin", "swan",
+                                "crow", "seagull", "duck"], []),
+    "fish": ("a fish", "fish", ["salmon", "trout", "tuna", "cod", "goldfish", "herring", "sardine",
+                                "mackerel"], []),
+    "insect": ("an insect", "insect", ["ant", "bee", "butterfly", "beetle", "mosquito",
+                                       "grasshopper", "ladybug", "wasp", "moth"], []),
+    "mammal": ("a mammal", "mammal", ["cow", "horse", "sheep", "goat", "pig", "dog", "cat",
+                                      "rabbit", "lion", "elephant", "tiger", "bear", "monkey",
+                                      "zebra"], []),
+    "tool": ("a tool", "tool", ["hammer", "screwdriver", "wrench", "saw", "drill", "pliers",
+                                "shovel", "chisel"], ["kitchen utensil"]),
+    "furniture": ("a piece of furniture", "piece of furniture",
+                  ["sofa", "chair", "table", "bed", "wardrobe", "bookshelf", "desk", "stool"], []),
+    "instrument": ("a musical instrument", "musical instrument",
+                   ["piano", "guitar", "violin", "drum", "flute", "trumpet", "harp", "cello",
+                    "saxophone"], []),
+    "vehicle": ("a vehicle", "vehicle", ["car", "bus", "bicycle", "truck", "train", "motorcycle",
+                                         "tractor", "van", "tram"], []),
+    "clothing": ("a piece of clothing", "piece of clothing",
+                 ["shirt", "jacket", "skirt", "sweater", "coat", "dress", "scarf", "sock",
+                  "jeans"], []),
+    "color": ("a color", "color", ["red", "blue", "green", "yellow", "purple", "orange", "pink",
+                                   "brown", "black", "white", "grey"],
+              ["fruit", "flower", "metal", "dairy product", "fish", "drink"]),
+    "body part": ("a part of the body", "part of the body",
+                  ["elbow", "knee", "shoulder", "ankle", "wrist", "finger", "nose", "chin",
+                   "thumb", "heel"], []),
+    "drink": ("a drink", "drink", ["tea", "coffee", "milk", "juice", "lemonade", "cocoa"],
+              ["dairy product"]),
+    "sport": ("a sport", "sport", ["football", "tennis", "basketball", "swimming", "golf",
+                                   "rugby", "volleyball", "hockey", "skiing", "baseball"], []),
+    "kitchen utensil": ("a kitchen utensil", "kitchen utensil",
+                        ["spatula", "whisk", "ladle", "colander", "peeler", "rolling pin",
+                         "grater", "tongs"], ["tool"]),
+    "tree": ("a tree", "tree", ["oak", "pine", "maple", "birch", "willow", "beech", "cedar",
+                                "elm"], []),
+    "flower": ("a flower", "flower", ["rose", "tulip", "daisy", "lily", "sunflower", "orchid",
+                                      "daffodil", "poppy"], []),
+    "shape": ("a shape", "shape", ["circle", "square", "triangle", "rectangle", "oval",
+                                   "hexagon", "pentagon"], []),
+    "weather": ("a type of weather", "type of weather",
+                ["rain", "snow", "fog", "hail", "thunder", "drizzle", "sleet"], []),
+    "planet": ("a planet", "planet", ["Mars", "Venus", "Jupiter", "Saturn", "Mercury", "Neptune",
+                                      "Uranus"], []),
+    "metal": ("a metal", "metal", ["iron", "copper", "gold", "tin", "zinc", "nickel",
+                                   "aluminium"], []),
+    "dairy product": ("a dairy product", "dairy product", ["cheese", "butter", "yogurt", "cream"],
+                      ["drink"]),
+    "room": ("a room in a house", "room in a house",
+             ["kitchen", "bedroom", "bathroom", "attic", "hallway", "basement", "living room"], []),
+    "job": ("a job", "job", ["teacher", "doctor", "farmer", "pilot", "baker", "nurse", "plumber",
+                             "chef", "dentist", "carpenter"], []),
+    "feeling": ("a feeling", "feeling", ["joy", "anger", "fear", "sadness", "surprise",
+                                         "jealousy", "pride"], []),
+    "number": ("a number", "number", ["seven", "twelve", "three", "twenty", "nine", "fifteen",
+                                      "forty", "eleven"], []),
+    "month": ("a month", "month", ["January", "March", "July", "October", "December", "April",
+                                   "August", "June"], []),
+    "weekday": ("a day of the week", "day of the week",
+                ["Monday", "Tuesday", "Friday", "Sunday", "Wednesday", "Saturday", "Thursday"], []),
+    "language": ("a language", "language", ["French", "Spanish", "German", "Japanese", "Italian",
+                                            "Arabic", "Hindi"], []),
+    "continent": ("a continent", "continent", ["Africa", "Asia", "Europe", "Antarctica",
+                                               "South America", "North America"], []),
+}
+MC_CREATURES = ["bird", "fish", "insect", "mammal"]
+MC_CATEGORIES["animal"] = (
+    "an animal", "animal",
+    [m for name in MC_CREATURES for m in MC_CATEGORIES[name][2]], list(MC_CREATURES),
+)
+MC_CATEGORY_PHRASINGS = [
+    "Which of these is {a}?",
+    "Which one of these is {a}?",
+    "Which of the following is {a}?",
+    "Which word names {a}?",
+    "Which option is {a}?",
+    "Pick the {bare} from this list.",
+]
+
+# (task, answer, group): "What do you use to {task}?"; answers of the same group are never
+# distractors for each other.
+MC_USES = [
+    ("cut paper", "scissors", "cut"), ("write a letter by hand", "a pen", "write"),
+    ("dig a hole in the garden", "a shovel", "dig"), ("drive a nail into wood", "a hammer", "hit"),
+    ("sweep the floor", "a broom", "sweep"), ("boil water for tea", "a kettle", "heat"),
+    ("brush your teeth", "a toothbrush", "wash"), ("comb your hair", "a comb", "hair"),
+    ("take a photo", "a camera", "photo"), ("open a locked door", "a key", "lock"),
+    ("tell the time", "a clock", "time"), ("eat soup", "a spoon", "eat"),
+    ("see in the dark", "a flashlight", "light"), ("dry off after a shower", "a towel", "dry"),
+    ("stay dry in the rain", "an umbrella", "rain"), ("sew on a button", "a needle", "sew"),
+    ("measure the length of a table", "a ruler", "measure"),
+    ("stick two pieces of paper together", "glue", "stick"),
+    ("wash your hands", "soap", "wash"), ("fry an egg", "a frying pan", "heat"),
+    ("water the plants", "a watering can", "water"), ("turn a screw", "a screwdriver", "turn"),
+    ("rub out a pencil mark", "an eraser", "erase"),
+    ("carry your books to school", "a backpack", "carry"),
+    ("look at your own reflection", "a mirror", "mirror"),
+    ("wake up on time in the morning", "an alarm clock", "time"),
+    ("cool a room on a hot day", "a fan", "cool"),
+    ("keep your hands warm in winter", "gloves", "warm"), ("cut the grass", "a lawnmower", "cut"),
+    ("smooth out a wrinkled shirt", "an iron", "iron"),
+    ("lock your bicycle to a post", "a bike lock", "lock"), ("peel a potato", "a peeler", "cut"),
+    ("read the news on paper", "a newspaper", "read"),
+    ("climb up to a high shelf", "a ladder", "climb"),
+    ("hang up a coat", "a coat hook", "hang"), ("pay for groceries", "money", "pay"),
+]
+MC_USE_PHRASINGS = ["What do you use to {t}?", "Which item would you use to {t}?",
+                    "What would you need to {t}?"]
+
+MC_PLACES = [
+    ("Where do you keep food cold?", "a fridge", "cold"),
+    ("Where do you go to borrow books?", "a library", "books"),
+    ("Where do you buy fresh bread?", "a bakery", "shop"),
+    ("Where do planes take off and land?", "an airport", "travel"),
+    ("Where do you go when you are badly hurt?", "a hospital", "medical"),
+    ("Where do children go to learn to read?", "a school", "school"),
+    ("Where can you see lions and giraffes in a city?", "a zoo", "zoo"),
+    ("Where do you wash dirty clothes?", "a washing machine", "wash"),
+    ("Where do people go to watch a new film on a big screen?", "a cinema", "cinema"),
+    ("Where do you catch a train?", "a station", "travel"),
+    ("Where do most people sleep at night?", "a bed", "sleep"),
+    ("Where do you take a bath?", "a bathtub", "wash"),
+    ("Where do you park a car at home?", "a garage", "garage"),
+    ("Where do you post a parcel?", "a post office", "post"),
+    ("Where do you keep your savings safe?", "a bank", "bank"),
+    ("Where do you buy medicine?", "a pharmacy", "medical"),
+    ("Where do bees make honey?", "a hive", "animal home"),
+    ("Where does a bird lay its eggs?", "a nest", "animal home"),
+    ("Where do you bake a cake?", "an oven", "heat"),
+    ("Where do you throw away rubbish?", "a bin", "bin"),
+    ("Where do you grow vegetables at home?", "a garden", "garden"),
+    ("Where do you hang your clothes in a bedroom?", "a wardrobe", "wardrobe"),
+    ("Where do farmers keep cows in winter?", "a barn", "animal home"),
+    ("Where do you buy groceries for the week?", "a supermarket", "shop"),
+    ("Where do you go to swim indoors?", "a swimming pool", "pool"),
+]
+
+# (subject, color, colors that must not be distractors)
+MC_COLORS = [
+    ("the sky on a clear day", "blue", []), ("fresh grass", "green", []),
+    ("fresh snow", "white", ["grey"]), ("a ripe banana", "yellow", ["green", "brown"]),
+    ("coal", "black", ["grey"]), ("a ripe strawberry", "red", ["pink"]),
+    ("milk", "white", []), ("a carrot", "orange", []), ("milk chocolate", "brown", []),
+    ("a lemon", "yellow", ["green"]), ("an elephant", "grey", ["brown"]),
+    ("a crow", "black", ["grey"]), ("a pumpkin", "orange", ["yellow"]),
+    ("a lime", "green", ["yellow"]), ("a polar bear's fur", "white", ["grey"]),
+    ("a ripe tomato", "red", []), ("a flamingo", "pink", ["red", "orange"]),
+    ("an aubergine", "purple", ["black"]), ("tree bark", "brown", ["grey", "black"]),
+    ("blood", "red", []), ("a lump of butter", "yellow", ["white"]),
+    ("the yolk of an egg", "yellow", ["orange"]),
+]
+MC_ALL_COLORS = ["red", "blue", "green", "yellow", "white", "black", "orange", "brown", "grey",
+                 "purple", "pink"]
+
+MC_SOUNDS = [
+    ("Which animal says 'moo'?", "a cow"), ("Which animal barks?", "a dog"),
+    ("Which animal meows?", "a cat"), ("Which animal says 'oink'?", "a pig"),
+    ("Which animal says 'baa'?", "a sheep"), ("Which animal neighs?", "a horse"),
+    ("Which animal quacks?", "a duck"), ("Which animal hoots at night?", "an owl"),
+    ("Which animal roars?", "a lion"), ("Which insect buzzes and makes honey?", "a bee"),
+    ("Which animal hisses and has no legs?", "a snake"), ("Which bird clucks?", "a hen"),
+    ("Which animal croaks by a pond?", "a frog"),
+]
+
+MC_JOBS = [
+    ("Who puts out fires?", "a firefighter", "safety"),
+    ("Who treats sick people in a hospital?", "a doctor", "medical"),
+    ("Who teaches children at school?", "a teacher", "school"),
+    ("Who flies a plane?", "a pilot", "drive"),
+    ("Who cuts people's hair?", "a hairdresser", "hair"),
+    ("Who delivers letters to your house?", "a postman", "post"),
+    ("Who fixes teeth?", "a dentist", "medical"),
+    ("Who cooks meals in a restaurant?", "a chef", "food"),
+    ("Who grows crops on a farm?", "a farmer", "farm"),
+    ("Who fixes leaking pipes?", "a plumber", "build"),
+    ("Who bakes bread for a living?", "a baker", "food"),
+    ("Who builds wooden furniture?", "a carpenter", "build"),
+    ("Who catches criminals?", "a police officer", "safety"),
+    ("Who looks after sick pets?", "a vet", "medical"),
+    ("Who drives a bus?", "a bus driver", "drive"),
+    ("Who writes books?", "an author", "books"),
+    ("Who looks after the books in a library?", "a librarian", "books"),
+    ("Who paints pictures?", "an artist", "art"),
+]
+
+MC_BODY = [
+    ("Which part of the body do you use to see?", "the eyes", "eyes"),
+    ("Which part of the body do you use to hear?", "the ears", "ears"),
+    ("Which part of the body do you use to smell?", "the nose", "breathe"),
+    ("Which part of the body do you use to taste food?", "the tongue", "mouth"),
+    ("Which part of the body do you use to chew food?", "the teeth", "mouth"),
+    ("Which part of the body do you use to walk?", "the legs", "legs"),
+    ("Which part of the body do you use to think?", "the brain", "brain"),
+    ("Which organ pumps blood around the body?", "the heart", "heart"),
+    ("Which organs fill with air when you breathe in?", "the lungs", "breathe"),
+    ("Which part of the body do you use to clap?", "the hands", "hands"),
+    ("Which part of the body do you wear a hat on?", "the head", "head"),
+    ("Which part of the body do you wear socks on?", "the feet", "legs"),
+]
+
+MC_BABIES = [
+    ("dog", "a puppy"), ("cat", "a kitten"), ("cow", "a calf"), ("sheep", "a lamb"),
+    ("horse", "a foal"), ("frog", "a tadpole"), ("duck", "a duckling"), ("bear", "a cub"),
+    ("chicken", "a chick"), ("kangaroo", "a joey"), ("goose", "a gosling"), ("pig", "a piglet"),
+    ("swan", "a cygnet"),
+]
+MC_BABY_PHRASINGS = ["What is a baby {a} called?", "What do you call a young {a}?"]
+
+MC_WEAR = [
+    ("What do you wear on your feet?", "shoes"), ("What do you wear on your head to keep the sun off?", "a hat"),
+    ("What do you wear on your hands when it's cold?", "gloves"),
+    ("What do you wear around your neck in winter?", "a scarf"),
+    ("What do you wear to see more clearly?", "glasses"),
+    ("What do you wear to bed?", "pyjamas"), ("What do you wear to go swimming?", "a swimsuit"),
+    ("What do you wear on your wrist to tell the time?", "a watch"),
+    ("What do you wear to hold up your trousers?", "a belt"),
+    ("What do you wear to stay dry when it rains?", "a raincoat"),
+]
+
+MC_MATERIALS = [
+    ("What is a window usually made of?", "glass", "glass"),
+    ("What are the pages of a book made of?", "paper", "wood"),
+    ("What is a car tyre made of?", "rubber", "rubber"),
+    ("What are bricks made from?", "clay", "clay"),
+    ("What is a candle usually made of?", "wax", "wax"),
+    ("What is a cotton T-shirt made from?", "cotton", "cloth"),
+    ("What is ice made of?", "water", "water"),
+    ("What is bread mainly made from?", "flour", "flour"),
+    ("What is cheese made from?", "milk", "dairy"),
+    ("What is glass made from?", "sand", "glass"),
+    ("What is paper made from?", "wood", "wood"),
+    ("What is chocolate made from?", "cocoa beans", "dairy"),  # milk chocolate has milk
+    ("What is orange juice made from?", "oranges", "fruit"),
+    ("What are wool jumpers made from?", "sheep's wool", "cloth"),
+]
+
+# (question phrasings, correct options, wrong options)
+MC_PROPERTIES = [
+    (["Which animal can fly?", "Which of these animals can fly?"],
+     ["an eagle", "a sparrow", "a pigeon", "an owl", "a parrot", "a butterfly"],
+     ["a dog", "a cow", "a horse", "a snail", "a pig", "a sheep", "a rabbit", "an elephant",
+      "a tortoise"]),
+    (["Which animal lives in the sea?", "Which of these animals lives in the ocean?"],
+     ["a dolphin", "a shark", "an octopus", "a whale", "a jellyfish"],
+     ["a lion", "a horse", "a cow", "a rabbit", "a squirrel", "a camel", "a giraffe", "a fox"]),
+    (["Which animal has a long trunk?"], ["an elephant"],
+     ["a lion", "a dog", "a giraffe", "a rabbit", "a horse", "a cat"]),
+    (["Which animal carries a shell on its back?", "Which of these animals has a shell?"],
+     ["a tortoise", "a snail", "a turtle"],
+     ["a dog", "a cat", "a horse", "a rabbit", "an eagle", "a giraffe", "a monkey"]),
+    (["Which animal has black and white stripes?"], ["a zebra"],
+     ["an elephant", "a sheep", "a frog", "a camel", "a hippo", "a giraffe"]),
+    (["Which animal has a very long neck?"], ["a giraffe"],
+     ["a pig", "a rabbit", "a mouse", "a bear", "a frog", "a hedgehog"]),
+    (["Which animal has a hump and lives in the desert?"], ["a camel"],
+     ["a penguin", "a dolphin", "a squirrel", "a frog", "a duck", "a seal"]),
+    (["Which animal do people keep for its milk?", "Which farm animal gives us milk?"],
+     ["a cow", "a goat"], ["a chicken", "a snake", "a frog", "a bee", "a duck", "a spider"]),
+    (["Which animal lays eggs?", "Which of these animals hatches from an egg?"],
+     ["a hen", "a duck", "a turtle", "a crocodile", "an ostrich"],
+     ["a cow", "a dog", "a horse", "a cat", "a sheep", "a pig", "a rabbit", "a monkey"]),
+    (["Which animal breathes through gills?", "Which of these animals breathes underwater?"],
+     ["a salmon", "a goldfish", "a trout", "a shark"],
+     ["a cat", "a dog", "a horse", "an eagle", "a cow", "a lion", "a rabbit"]),
+    (["Which animal moves by hopping?", "Which of these animals hops?"],
+     ["a kangaroo", "a frog", "a rabbit"],
+     ["a snail", "a snake", "a cow", "a fish", "a worm", "an elephant"]),
+    (["Which creature spins a web?"], ["a spider"],
+     ["a bee", "an ant", "a butterfly", "a cat", "a dog", "a fish"]),
+    (["Which animal is famous for being very slow?"], ["a snail", "a tortoise", "a sloth"],
+     ["a cheetah", "a horse", "a hare", "a greyhound", "an antelope"]),
+    (["Which of these tastes sweet?", "Which of these would taste sweet?"],
+     ["honey", "sugar", "a sweet", "jam", "cake"],
+     ["a lemon", "salt", "vinegar", "a raw onion", "black pepper", "chilli"]),
+    (["Which of these tastes sour?"], ["a lemon", "vinegar", "a lime"],
+     ["sugar", "bread", "milk", "honey", "rice", "butter"]),
+    (["Which of these tastes salty?"], ["a crisp", "sea water", "a pretzel"],
+     ["sugar", "honey", "an apple", "fresh water", "a banana"]),
+    (["Which of these is soft?", "Which of these feels soft to touch?"],
+     ["a pillow", "cotton wool", "a feather", "a kitten's fur"],
+     ["a rock", "a brick", "a nail", "a metal spoon", "a wooden table", "a glass bottle"]),
+    (["Which of these is hard?"], ["a rock", "a brick", "a diamond"],
+     ["a pillow", "a sponge", "jelly", "a feather", "cotton wool", "a marshmallow"]),
+    (["Which of these is sharp?", "Which of these could cut you?"],
+     ["a knife", "a needle", "a razor blade", "broken glass"],
+     ["a ball", "a pillow", "a sponge", "a balloon", "a sock", "a feather"]),
+    (["Which of these is very hot?"], ["a flame", "boiling water", "a hot oven"],
+     ["snow", "an ice cube", "ice cream", "a cold drink", "a frozen pea"]),
+    (["Which of these is very cold?", "Which of these would feel cold?"],
+     ["ice", "snow", "a frozen pea", "an ice lolly"],
+     ["a flame", "hot soup", "fresh toast", "a hot oven", "boiling water"]),
+    (["Which of these can you see through?"], ["a clear window", "clean water", "plastic wrap"],
+     ["a brick wall", "a wooden door", "a book", "a rock", "a metal pan"]),
+    (["Which of these floats on water?", "Which of these would float in a bath?"],
+     ["a cork", "a rubber duck", "a log", "a leaf"],
+     ["a rock", "a coin", "a nail", "a key", "a brick", "a spoon"]),
+    (["Which of these melts in the sun?"], ["an ice cube", "ice cream", "a snowman", "butter"],
+     ["a rock", "a spoon", "a book", "a brick", "a shoe"]),
+    (["Which of these is round?", "Which of these has a round shape?"],
+     ["a ball", "a coin", "a wheel", "an orange"],
+     ["a box", "a book", "a brick", "a door", "a ruler"]),
+    (["Which of these is alive?", "Which of these is a living thing?"],
+     ["a tree", "a cat", "a mushroom", "a bird"],
+     ["a stone", "a chair", "a cup", "a sock", "a car", "a pencil"]),
+    (["Which of these makes a loud noise?"], ["thunder", "a fire alarm", "a drum", "a siren"],
+     ["a whisper", "a feather", "a pillow", "a snowflake", "a sock"]),
+    (["Which of these needs water to live?"], ["a plant", "a fish", "a flower"],
+     ["a rock", "a spoon", "a book", "a chair", "a shoe"]),
+]
+
+# (phrasings, items from most to least)
+MC_ORDERS = [
+    (["Which of these animals is the biggest?", "Which of these is the largest animal?"],
+     ["Which of these animals is the smallest?", "Which of these is the tiniest animal?"],
+     ["a whale", "an elephant", "a horse", "a dog", "a cat", "a mouse", "an ant"]),
+    (["Which of these is the heaviest?", "Which of these weighs the most?"],
+     ["Which of these is the lightest?", "Which of these weighs the least?"],
+     ["a lorry", "a car", "a bicycle", "a chair", "a book", "a pencil", "a feather"]),
+    (["Which of these is usually the tallest?", "Which of these is the highest?"],
+     ["Which of these is usually the shortest?"],
+     ["a mountain", "a skyscraper", "a tree", "a house", "a person", "a cat", "an ant"]),
+    (["Which of these is usually the fastest?", "Which of these moves the quickest?"],
+     ["Which of these is usually the slowest?", "Which of these moves the slowest?"],
+     ["a jet plane", "a train", "a car", "a bicycle", "a person walking", "a snail"]),
+    (["Which of these lasts the longest?", "Which of these is the longest time?"],
+     ["Which of these is the shortest amount of time?"],
+     ["a century", "a year", "a month", "a week", "a day", "an hour", "a minute", "a second"]),
+    (["Which of these is the hottest?"], ["Which of these is the coldest?"],
+     ["the sun", "a candle flame", "boiling water", "a cup of hot tea", "a warm bath",
+      "a glass of tap water", "an ice cube"]),
+]
+
+# (question, answer, wrong options)
+MC_TIMES = [
+    ("When do people usually eat breakfast?", "in the morning",
+     ["at midnight", "late in the evening", "in the middle of the night", "at sunset"]),
+    ("When is it usually dark outside?", "at night",
+     ["at noon", "in the middle of the day", "at lunchtime", "in the late morning"]),
+    ("In which season do leaves fall from many trees?", "autumn",
+     ["spring", "summer", "winter"]),
+    ("In which season is it usually coldest?", "winter", ["spring", "summer", "autumn"]),
+    ("In which season do many flowers start to bloom?", "spring",
+     ["autumn", "winter", "early winter"]),
+    ("In which season is it usually hottest?", "summer", ["spring", "autumn", "winter"]),
+    ("When does the sun rise?", "in the morning",
+     ["at midnight", "in the evening", "in the afternoon", "at night"]),
+    ("When do owls usually hunt?", "at night",
+     ["at noon", "in the middle of the day", "at lunchtime", "in the early afternoon"]),
+    ("When do people usually eat lunch?", "around midday",
+     ["at midnight", "at dawn", "in the middle of the night", "before sunrise"]),
+    ("What do you do when you are tired?", "sleep", ["sing loudly", "run a race", "eat soap", "dance"]),
+    ("What do you do when you are thirsty?", "drink water",
+     ["eat sand", "go to sleep", "read a book", "put on a coat"]),
+    ("What should you do before crossing a busy road?", "look both ways",
+     ["close your eyes", "run without looking", "lie down", "start singing"]),
+    ("What do you need when it is raining?", "an umbrella",
+     ["sunglasses", "a sandcastle", "a fan", "a swimming ring"]),
+    ("What do plants need to grow?", "sunlight and water",
+     ["darkness and salt", "sand and oil", "paint and glue", "ice and smoke"]),
+    ("What happens to water when it gets very cold?", "it freezes",
+     ["it boils", "it turns into sand", "it catches fire", "it becomes milk"]),
+    ("What happens to ice when it gets warm?", "it melts",
+     ["it grows", "it turns to stone", "it gets colder", "it starts to burn"]),
+]
+
+
+def _mc_candidates(rng: random.Random) -> list[tuple[str, str, list[str]]]:
+    """Every candidate question as (question, correct option, three wrong options)."""
+    cands: list[tuple[str, str, list[str]]] = []
+
+    names = list(MC_CATEGORIES)
+    for name in names:
+        a_cat, bare, members, conflicts = MC_CATEGORIES[name]
+        allowed = [
+            other for other in names
+            if other != name and other != "animal" and other not in conflicts
+            and name not in MC_CATEGORIES[other][3]
+        ]
+        member_set = {m.lower() for m in members}
+        for phrasing in rng.sample(MC_CATEGORY_PHRASINGS, 3):
+            correct = rng.choice(members)
+            wrong_cats = rng.sample(allowed, 3)
+            wrong = []
+            for cat in wrong_cats:
+                opts = [m for m in MC_CATEGORIES[cat][2]
+                        if m.lower() not in member_set and m not in wrong]
+                wrong.append(rng.choice(opts))
+            cands.append((phrasing.format(a=a_cat, bare=bare), correct, wrong))
+
+    def grouped(items: list[tuple[str, str, str]], make_q) -> None:
+        for q, ans, group in items:
+            pool = []
+            for _, other, g in items:
+                if g != group and other != ans and other not in pool:
+                    pool.append(other)
+            cands.append((make_q(q), ans, rng.sample(pool, 3)))
+
+    for phrasing in MC_USE_PHRASINGS:
+        chosen = rng.sample(MC_USES, 26)
+        # each phrasing gets its own subset; distractors come from the full list
+        for task, ans, group in chosen:
+            pool = []
+            for _, other, g in MC_USES:
+                if g != group and other != ans and other not in pool:
+                    pool.append(other)
+            cands.append((phrasing.format(t=task), ans, rng.sample(pool, 3)))
+
+    grouped(MC_PLACES, lambda q: q)
+    grouped(MC_JOBS, lambda q: q)
+    grouped(MC_BODY, lambda q: q)
+    grouped(MC_MATERIALS, lambda q: q)
+
+    for subject, color, exclude in MC_COLORS:
+        pool = [c for c in MC_ALL_COLORS if c != color and c not in exclude]
+        cands.append((f"What color is {subject}?", color, rng.sample(pool, 3)))
+
+    sounds = [(q, a, a) for q, a in MC_SOUNDS]
+    grouped(sounds, lambda q: q)
+
+    wear = [(q, a, a) for q, a in MC_WEAR]
+    grouped(wear, lambda q: q)
+
+    for phrasing in MC_BABY_PHRASINGS:
+        for animal, baby in MC_BABIES:
+            pool = [b for _, b in MC_BABIES if b != baby]
+            cands.append((phrasing.format(a=animal), baby, rng.sample(pool, 3)))
+
+    for phrasings, good, bad in MC_PROPERTIES:
+        for phrasing in phrasings:
+            cands.append((phrasing, rng.choice(good), rng.sample(bad, 3)))
+
+    for most_qs, least_qs, ordered in MC_ORDERS:
+        for q in most_qs:
+            idx = sorted(rng.sample(range(len(ordered)), 4))
+            cands.append((q, ordered[idx[0]], [ordered[i] for i in idx[1:]]))
+        for q in least_qs:
+            idx = sorted(rng.sample(range(len(ordered)), 4))
+            cands.append((q, ordered[idx[-1]], [ordered[i] for i in idx[:-1]]))
+
+    for q, ans, bad in MC_TIMES:
+        cands.append((q, ans, rng.sample(bad, 3)))
+    return cands
+
+
+def build_everyday_mc(rng: random.Random, n: int = 300) -> list[dict]:
+    cands = _mc_candidates(rng)
+    seen: set[str] = set()
+    uniq = []
+    for q, ans, wrong in cands:
+        if q.lower() in seen:
+            continue
+        opts = [ans] + wrong
+        if len({o.lower() for o in opts}) != 4:
+            raise RuntimeError(f"repeated option in {q!r}: {opts}")
+        seen.add(q.lower())
+        uniq.append((q, ans, wrong))
+    if len(uniq) < n:
+        raise RuntimeError(f"only {len(uniq)} distinct multiple-choice questions")
+    rng.shuffle(uniq)
+    rows = []
+    for i, (q, ans, wrong) in enumerate(uniq[:n]):
+        wrong = list(wrong)
+        rng.shuffle(wrong)
+        pos = i % 4  # exactly balanced answer positions
+        choices = wrong[:pos] + [ans] + wrong[pos:]
+        rows.append({"answer": pos, "choices": choices, "question": q})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# 6. general_instructions (replay data; no capitals, no opposites, no "which of these")
+# --------------------------------------------------------------------------------------------
+
+GI_SYNONYMS = [
+    ("happy", "joyful"), ("big", "large"), ("small", "tiny"), ("quick", "fast"),
+    ("begin", "start"), ("finish", "end"), ("smart", "clever"), ("tired", "sleepy"),
+    ("angry", "furious"), ("rich", "wealthy"), ("funny", "amusing"), ("easy", "simple"),
+    ("shut", "close"), ("gift", "present"), ("sick", "ill"), ("scared", "afraid"),
+    ("silent", "quiet"), ("enormous", "huge"), ("purchase", "buy"), ("reply", "answer"),
+    ("choose", "pick"), ("jump", "leap"), ("shout", "yell"), ("gather", "collect"),
+    ("mistake", "error"), ("road", "street"), ("rock", "stone"), ("sofa", "couch"),
+    ("brave", "courageous"), ("strange", "odd"), ("fix", "repair"), ("look", "see"),
+    ("chilly", "cold"), ("wealthy", "rich"), ("tidy", "neat"), ("damp", "wet"),
+]
+GI_SYN_PHRASINGS = ["Give a synonym for {w}.", "What is another word for {w}?",
+                    "Suggest a word that means the same as '{w}'."]
+
+GI_WORDS = [
+    "cat", "garden", "window", "pencil", "rabbit", "planet", "basket", "ladder", "kitten",
+    "button", "candle", "forest", "castle", "bridge", "jacket", "butter", "monkey", "pocket",
+    "ticket", "market", "rocket", "turtle", "helmet", "carpet", "island", "river", "stone",
+    "flower", "apple", "dragon", "lemon", "guitar", "sandwich", "blanket", "pillow", "tiger",
+    "mirror", "doctor", "train", "bottle", "spoon", "table", "music", "paper", "cloud",
+    "orange", "violin", "yellow", "winter", "puzzle",
+]
+
+GI_PLURALS = [
+    ("mouse", "mice"), ("child", "children"), ("tooth", "teeth"), ("foot", "feet"),
+    ("person", "people"), ("goose", "geese"), ("man", "men"), ("woman", "women"),
+    ("leaf", "leaves"), ("knife", "knives"), ("wolf", "wolves"), ("city", "cities"),
+    ("box", "boxes"), ("bus", "buses"), ("baby", "babies"), ("potato", "potatoes"),
+    ("hero", "heroes"), ("sheep", "sheep"), ("deer", "deer"), ("ox", "oxen"),
+    ("glass", "glasses"), ("dish", "dishes"), ("church", "churches"), ("fox", "foxes"),
+    ("party", "parties"), ("toy", "toys"), ("key", "keys"), ("shelf", "shelves"),
+    ("loaf", "loaves"), ("half", "halves"), ("wife", "wives"), ("life", "lives"),
+    ("tomato", "tomatoes"), ("match", "matches"), ("brush", "brushes"), ("story", "stories"),
+    ("day", "days"), ("house", "houses"),
+]
+GI_PLURAL_PHRASINGS = ["Write the plural of {w}.", "What is the plural of '{w}'?",
+                       "Give the plural form of the word {w}."]
+
+GI_PAST = [
+    ("go", "went"), ("eat", "ate"), ("run", "ran"), ("swim", "swam"), ("write", "wrote"),
+    ("buy", "bought"), ("think", "thought"), ("see", "saw"), ("take", "took"),
+    ("bring", "brought"), ("sing", "sang"), ("drink", "drank"), ("fly", "flew"),
+    ("drive", "drove"), ("speak", "spoke"), ("catch", "caught"), ("teach", "taught"),
+    ("sleep", "slept"), ("begin", "began"), ("break", "broke"), ("choose", "chose"),
+    ("forget", "forgot"), ("give", "gave"), ("know", "knew"), ("ride", "rode"), ("sit", "sat"),
+    ("stand", "stood"), ("throw", "threw"), ("wear", "wore"), ("win", "won"),
+    ("walk", "walked"), ("play", "played"), ("jump", "jumped"), ("carry", "carried"),
+    ("stop", "stopped"), ("make", "made"),
+]
+GI_PAST_PHRASINGS = ["What is the past tense of '{w}'?", "Give the past tense of the verb {w}.",
+                     "Write the past tense of {w}."]
+
+# words of 3 to 10 letters for the letter-counting instructions
+GI_COUNT_WORDS = [
+    "sun", "bee", "map", "owl", "tree", "frog", "lamp", "milk", "cake", "chair", "bread",
+    "horse", "lemon", "pencil", "garden", "kitchen", "blanket", "teacher", "umbrella",
+    "elephant", "mountain", "butterfly", "pineapple", "breakfast", "basketball", "strawberry",
+    "dinosaur", "notebook",
+]
+
+GI_UNITS = [
+    ("hours", "minutes", 60), ("minutes", "seconds", 60), ("kilometers", "meters", 1000),
+    ("kilograms", "grams", 1000), ("days", "hours", 24), ("weeks", "days", 7),
+    ("meters", "centimeters", 100), ("liters", "milliliters", 1000), ("years", "months", 12),
+    ("centimeters", "millimeters", 10),
+]
+
+GI_PHRASES = [
+    "good morning", "see you soon", "fresh bread", "happy birthday", "open the door",
+    "the quick fox", "green tea", "thank you", "welcome home", "rainy day", "blue sky",
+    "well done", "drink more water", "safe travels", "lunch is ready", "time to go",
+    "keep it simple", "nice to meet you",
+]
+
+GI_SENTENCES = [
+    "The cat sat on the warm mat.", "We walked to the park after lunch.",
+    "My sister plays the piano every evening.", "Rain fell all night.",
+    "Please close the window before you leave.", "The bus was late again today.",
+    "He bought three apples and a loaf of bread.", "Birds sing early in the morning.",
+    "I like reading books on quiet Sunday afternoons.", "The kettle is boiling.",
+    "They painted the fence bright green last summer.", "Dinner will be ready soon.",
+    "Our neighbour grows tomatoes in her small garden.", "Turn left at the bakery.",
+]
+
+GI_FACTS = [
+    ("How many days are in a week?", "There are seven days in a week."),
+    ("How many hours are in a day?", "There are 24 hours in a day."),
+    ("How many minutes are in an hour?", "There are 60 minutes in an hour."),
+    ("How many seconds are in a minute?", "There are 60 seconds in a minute."),
+    ("How many months are in a year?", "There are 12 months in a year."),
+    ("How many days are in a leap year?", "A leap year has 366 days."),
+    ("How many items are in a dozen?", "A dozen is 12 items."),
+    ("How many sides does a triangle have?", "A triangle has three sides."),
+    ("How many sides does a square have?", "A square has four sides."),
+    ("How many sides does a hexagon have?", "A hexagon has six sides."),
+    ("How many letters are in the English alphabet?", "The English alphabet has 26 letters."),
+    ("How many years are in a century?", "A century is 100 years."),
+    ("How many weeks are in a year?", "A year has 52 weeks."),
+    ("How many years are in a decade?", "A decade is ten years."),
+    ("How many centimeters are in a meter?", "There are 100 centimeters in a meter."),
+    ("How many grams are in a kilogram?", "There are 1,000 grams in a kilogram."),
+]
+
+GI_SORT_WORDS = [
+    "apple", "pear", "fig", "melon", "grape", "banana", "cherry", "kiwi", "lime", "plum",
+    "river", "mountain", "valley", "desert", "island", "forest", "ocean", "meadow",
+    "violin", "drum", "flute", "harp", "piano", "trumpet",
+]
+
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _gi_family_rows(rng: random.Random) -> dict[str, list[tuple[str, str]]]:
+    fam: dict[str, list[tuple[str, str]]] = {}
+
+    fam["synonym"] = [(rng.choice(GI_SYN_PHRASINGS).format(w=w), cap_first(s) + ".")
+                      for w, s in GI_SYNONYMS]
+    fam["reverse"] = []
+    for w in rng.sample(GI_WORDS, 26):
+        q = rng.choice(["Spell the word '{w}' backwards.", "Write '{w}' backwards.",
+                        "Reverse the letters of '{w}'."]).format(w=w)
+        fam["reverse"].append((q, w[::-1]))
+    fam["plural"] = [(rng.choice(GI_PLURAL_PHRASINGS).format(w=w), p) for w, p in GI_PLURALS]
+    fam["past"] = [(rng.choice(GI_PAST_PHRASINGS).format(w=w), p) for w, p in GI_PAST]
+
+    arith = []
+    while len(arith) < 40:
+        kind = rng.choice(["plus", "minus", "times", "add", "subtract", "multiply"])
+        if kind in ("plus", "add"):
+            a, b = rng.randint(2, 90), rng.randint(2, 90)
+            q = f"What is {a} plus {b}?" if kind == "plus" else f"Add {a} and {b}."
+            r = f"{a + b}." if kind == "plus" else f"{a} plus {b} is {a + b}."
+        elif kind in ("minus", "subtract"):
+            a = rng.randint(10, 99)
+            b = rng.randint(1, a - 1)
+            q = f"What is {a} minus {b}?" if kind == "minus" else f"Subtract {b} from {a}."
+            r = f"{a - b}." if kind == "minus" else f"{a} minus {b} is {a - b}."
+        else:
+            a, b = rng.randint(2, 12), rng.randint(2, 12)
+            q = f"What is {a} times {b}?" if kind == "times" else f"Multiply {a} by {b}."
+            r = f"{a * b}." if kind == "times" else f"{a} times {b} is {a * b}."
+        if q not in [x for x, _ in arith]:
+            arith.append((q, r))
+    fam["arithmetic"] = arith
+
+    conv = []
+    while len(conv) < 34:
+        src, dst, factor = rng.choice(GI_UNITS)
+        n = rng.randint(2, 12)
+        if rng.random() < 0.5:
+            q, r = f"Convert {n} {src} to {dst}.", f"{n * factor} {dst}."
+        else:
+            q, r = f"How many {dst} are in {n} {src}?", f"There are {n * factor} {dst} in {n} {src}."
+        if q not in [x for x, _ in conv]:
+            conv.append((q, r))
+    fam["conversion"] = conv
+
+    fam["letters"] = [(f"How many letters are in the word '{w}'?",
+                       f"The word '{w}' has {number_words(len(w))} letters.")
+                      for w in rng.sample(GI_COUNT_WORDS, 22)]
+    fam["uppercase"] = [(rng.choice(["Write '{p}' in uppercase letters.",
+                                     "Rewrite '{p}' using only uppercase letters."]).format(p=p),
+                         p.upper()) for p in GI_PHRASES]
+
+    sorts = []
+    while len(sorts) < 20:
+        words = rng.sample(GI_SORT_WORDS, rng.choice([3, 4]))
+        lead = rng.choice(["Sort these words alphabetically:", "Put these words in alphabetical order:"])
+        q = f"{lead} {', '.join(words)}."
+        if q not in [x for x, _ in sorts] and words != sorted(words):
+            sorts.append((q, ", ".join(sorted(words))))
+    fam["sort"] = sorts
+
+    nums = rng.sample(range(3, 200), 14)
+    fam["parity"] = [(f"Is {n} an even or an odd number?", f"{n} is {'even' if n % 2 == 0 else 'odd'}.")
+                     for n in nums]
+    compare = []
+    while len(compare) < 14:
+        a, b = rng.sample(range(1, 1000), 2)
+        if rng.random() < 0.5:
+            q, r = f"Which number is larger, {a} or {b}?", f"{max(a, b)} is larger."
+        else:
+            q, r = f"Which number is smaller, {a} or {b}?", f"{min(a, b)} is smaller."
+        if q not in [x for x, _ in compare]:
+            compare.append((q, r))
+    fam["compare"] = compare
+    fam["facts"] = list(GI_FACTS)
+
+    letters = []
+    for letter in rng.sample(ALPHABET[1:-1], 12):
+        i = ALPHABET.index(letter)
+        if rng.random() < 0.5:
+            letters.append((f"What letter comes after {letter} in the alphabet?", ALPHABET[i + 1]))
+        else:
+            letters.append((f"What letter comes before {letter} in the alphabet?", ALPHABET[i - 1]))
+    fam["alphabet"] = letters
+
+    fam["word_count"] = [(f"How many words are in this sentence: \"{s}\"",
+                          f"{number_words(len(s.split()))} words.".capitalize())
+                         for s in GI_SENTENCES]
+    return fam
+
+
+def build_general_instructions(rng: random.Random, n: int = 300) -> list[dict]:
+    fam = _gi_family_rows(rng)
+    rows = []
+    seen: set[str] = set()
+    for name in fam:
+        for q, r in fam[name]:
+            if q.lower() in seen:
+                continue
+            seen.add(q.lower())
+            rows.append({"instruction": q, "response": r})
+    rng.shuffle(rows)
+    if len(rows) < n:
+        raise RuntimeError(f"only {len(rows)} general instructions")
+    return rows[:n]
+
+
+# --------------------------------------------------------------------------------------------
+# 7. harbor_handbook (domain-adaptation raw text about an invented harbour)
+# --------------------------------------------------------------------------------------------
+# Every fact below is invented for ftpipe and used consistently across paragraphs.
+
+HB_NAME = "Tern Bay Harbour"
+HB_AUTH = "Tern Bay Harbour Authority"
+HB_CONTROL = "Tern Bay Control"
+
+# (class, lower LOA bound exclusive, upper bound inclusive, typical ships, tugs, pilot, notice h)
+HB_CLASSES = [
+    ("A", 0, 24, "yachts, workboats, pilot launches and most inshore fishing boats", 0, "not required", 0),
+    ("B", 24, 70, "coasters, larger fishing vessels, survey ships and harbour service craft", 0,
+     "required only for tankers and for vessels carrying dangerous goods", 12),
+    ("C", 70, 150, "short-sea cargo ships, small ferries and feeder tankers", 1, "compulsory", 24),
+    ("D", 150, 225, "ro-ro ferries, bulk carriers, product tankers and mid-size container ships", 2,
+     "compulsory", 24),
+    ("E", 225, 300, "large container ships and cruise ships", 3, "compulsory, with two pilots", 48),
+]
+
+
+def hb_class_of(loa: float) -> str:
+    for name, low, high, *_ in HB_CLASSES:
+        if low < loa <= high:
+            return name
+    raise ValueError(loa)
+
+
+# (number, quay, main use, max LOA m, depth at chart datum m, services, equipment, special rule)
+HB_BERTHS = [
+    (1, "North Quay", "roll-on/roll-off ferries", 160, 8.0,
+     ["fresh water", "shore power", "sewage reception"], "a double-deck linkspan",
+     "Scheduled ferries have priority at Berth 1, and other vessels may be asked to shift at two "
+     "hours' notice when a ferry is due."),
+    (2, "North Quay", "roll-on/roll-off ferries", 140, 7.5, ["fresh water", "shore power"],
+     "a single-deck linkspan",
+     "Berth 2 is the relief ferry berth; it is also used for lay-by when no ferry is expected."),
+    (3, "North Quay", "cruise ships", 290, 10.5,
+     ["fresh water", "shore power", "sewage reception"],
+     "a passenger terminal with two covered gangways",
+     "While passengers are embarking or landing, no cargo may be worked within 50 m of the "
+     "gangways at Berth 3."),
+    (4, "East Quay", "general cargo", 148, 9.0, ["fresh water", "bunkering by barge"],
+     "two mobile harbour cranes of 60 tonnes",
+     "Heavy lifts above 60 tonnes at Berth 4 need a lift plan approved by the Harbour Master."),
+    (5, "East Quay", "general cargo and timber", 148, 9.0, ["fresh water", "bunkering by barge"],
+     "a covered transit shed of 6,000 square metres",
+     "Timber deck cargo at Berth 5 must be secured before any lashings are released on the "
+     "seaward side."),
+    (6, "East Quay", "container ships", 250, 14.5, ["fresh water", "bunkering by barge"],
+     "two ship-to-shore container cranes",
+     "Berth 6 is the only berth for Class E container ships, and its slots are booked through the "
+     "terminal at least 48 hours ahead."),
+    (7, "East Quay", "container ships", 180, 11.0, ["fresh water", "bunkering by barge"],
+     "one ship-to-shore container crane and a reefer stack with 220 plugs",
+     "Vessels longer than 180 m are never allocated to Berth 7, even when Berth 6 is occupied."),
+    (8, "South Terminal", "grain bulk carriers", 200, 13.0, ["fresh water", "bunkering by barge"],
+     "a grain loader fed from the terminal silos",
+     "Hatches at Berth 8 must be closed when it rains, and loading stops when the dust alarm "
+     "sounds."),
+    (9, "South Terminal", "aggregate bulk carriers", 170, 10.0, ["bunkering by barge"],
+     "a conveyor and hopper for sand and crushed stone",
+     "At Berth 9 the quay sprinklers must run during discharge to keep dust down."),
+    (10, "South Terminal", "oil products tankers", 185, 11.2, ["bunkering by barge"],
+     "four loading arms and a fire-fighting monitor tower",
+     "A safety zone of 50 m around a tanker at Berth 10 is closed to all other craft while cargo "
+     "is being transferred."),
+    (11, "South Terminal", "liquefied gas carriers", 120, 8.5, [],
+     "two gas loading arms with emergency release couplings",
+     "A safety zone of 100 m around a gas carrier at Berth 11 is closed to all other craft from "
+     "arrival until departure."),
+    (12, "Inner Basin", "lay-by and repairs", 110, 7.0, ["fresh water", "bunkering by road tanker"],
+     "a 40-tonne mobile crane available on request",
+     "Hot work at Berth 12 needs a hot work permit from the Harbour Master's office."),
+    (13, "Fishing Basin", "fishing vessels", 45, 4.5, ["fresh water", "bunkering by road tanker"],
+     "an ice plant and the fish market next to the quay",
+     "Boats landing a catch have priority at Berth 13 between 04:00 and 09:00."),
+    (14, "Marina", "yachts and other small craft", 23, 3.0,
+     ["fresh water", "shore power", "sewage reception"], "floating pontoons with 220 berths",
+     "Berth 14 is run by the marina office, which allocates pontoon places on VHF channel 80."),
+]
+
+HB_WORK_HOURS = {
+    1: "at all hours, following the ferry timetable",
+    2: "at all hours, following the ferry timetable",
+    3: "from 06:00 to 23:00 on days when a cruise ship is alongside",
+    4: "from 06:00 to 22:00, and at night only by arrangement with the terminal",
+    5: "from 06:00 to 22:00, and at night only by arrangement with the terminal",
+    6: "at all hours, in three shifts",
+    7: "at all hours, in three shifts",
+    8: "at all hours except when rain stops loading",
+    9: "from 06:00 to 22:00, because of the noise of the conveyor",
+    10: "at all hours, subject to the weather limits for cargo transfer",
+    11: "at all hours, subject to the weather limits for cargo transfer",
+    12: "from 07:00 to 19:00 for repair work",
+    13: "at all hours, with landing priority from 04:00 to 09:00",
+    14: "at all hours for arrivals, with the marina office open from 08:00 to 20:00",
+}
+
+HB_QUAY_ROUTE = {
+    "North Quay": "turn to port after the breakwater entrance and follow the northern side of the "
+                  "Outer Harbour",
+    "East Quay": "hold the centre of the Outer Harbour and swing in the turning basin before "
+                 "coming alongside",
+    "South Terminal": "turn to starboard immediately inside the entrance and keep clear of the "
+                      "South Spit buoy",
+    "Inner Basin": "pass through the Inner Basin cut at no more than 4 knots",
+    "Fishing Basin": "follow the small-craft lane along the East Breakwater into the Fishing Basin",
+    "Marina": "follow the small-craft lane along the East Breakwater and call the marina office "
+              "before entering",
+}
+
+HB_GATES = {"North Quay": 1, "East Quay": 2, "South Terminal": 3, "Inner Basin": 2,
+            "Fishing Basin": 4, "Marina": 4}
+
+HB_VHF = [
+    (16, "distress, urgency and safety calls, and the first call to Tern Bay Control"),
+    (12, "the working channel of Tern Bay Control for all traffic reports and instructions"),
+    (9, "the pilot launches and the pilot station"),
+    (72, "tugs working with a vessel during berthing and unberthing"),
+    (14, "port security and the gatehouses"),
+    (80, "the marina office at Berth 14"),
+]
+
+HB_REPORTS = [
+    ("Report 1", "when passing position Tern Alpha, the pilot boarding point 1.5 nautical miles "
+                 "south of the Gannet Light",
+     "the vessel's name, draught, destination berth and estimated time at the breakwater"),
+    ("Report 2", "when abeam of the Gannet Light at the seaward end of the Gannet Channel",
+     "confirmation that the vessel is proceeding inbound and the number of persons on board"),
+    ("Report 3", "when passing between the breakwater heads",
+     "the time of passing and the readiness of the tugs, if any"),
+    ("Report 4", "when all fast at the berth, or when anchored",
+     "the time of arrival and any defects found during the passage"),
+]
+
+HB_SPEEDS = [
+    ("the Gannet Channel", 10), ("the Outer Harbour", 6), ("the Inner Basin", 4),
+    ("the Fishing Basin", 4), ("the Marina", 3),
+]
+
+HB_ANCHORAGES = [
+    ("Anchorage A", "2 nautical miles south-east of Tern Alpha", "18 to 22 m",
+     "deep-draught vessels and all Class E ships"),
+    ("Anchorage B", "1 nautical mile west of the Gannet Channel entrance", "12 to 15 m",
+     "vessels of Classes C and D waiting for a berth or a tide"),
+    ("Anchorage C", "inside Tern Point, north of the channel", "6 to 8 m",
+     "Class A and B vessels sheltering from westerly weather"),
+]
+
+HB_WEATHER = [
+    ("Class E vessels may not enter or leave", "the mean wind speed is above 30 knots"),
+    ("Class D vessels may not enter or leave", "the mean wind speed is above 35 knots"),
+    ("all movements except emergency movements stop", "the mean wind speed is above 45 knots"),
+    ("container cranes at Berths 6 and 7 stop work and are secured", "gusts exceed 40 knots"),
+    ("cargo transfer at Berths 10 and 11 stops", "the mean wind exceeds 35 knots or lightning is "
+                                                 "reported within 5 nautical miles"),
+    ("the linkspans at Berths 1 and 2 are raised", "gusts exceed 45 knots"),
+    ("Class D and E movements are suspended", "visibility in the Gannet Channel falls below "
+                                              "1,000 m"),
+    ("all movements except Class A craft are suspended", "visibility falls below 500 m"),
+]
+
+HB_GLOSSARY = [
+    ("Chart datum", "the level below which the water seldom falls; depths in this handbook are "
+                    "given below chart datum and heights of tide above it"),
+    ("Length overall (LOA)", "the distance from the foremost to the aftermost point of a vessel's "
+                             "hull, used to decide its class and which berths it may use"),
+    ("Under-keel clearance", "the vertical distance between the lowest point of the keel and the "
+                             "seabed at the place the vessel is"),
+    ("Height of tide", "the height of the water surface above chart datum at a given moment"),
+    ("Draught", "the depth of the lowest point of the vessel below the waterline"),
+    ("Linkspan", "an adjustable bridge that connects the ramp of a ro-ro ferry to the quay at "
+                 "any state of the tide"),
+    ("Pilot boarding point", "the position where the pilot joins an inbound vessel; at Tern Bay "
+                             "this is Tern Alpha"),
+    ("Turning basin", "the wide area in the Outer Harbour, 450 m across, where vessels swing "
+                      "before berthing"),
+    ("Tidal window", "the period around high water during which a deep-draught vessel has "
+                     "enough water to transit the Gannet Channel"),
+    ("Bollard", "a short strong post on the quay to which mooring lines are made fast"),
+    ("Spring tide", "a tide with a larger than average range, occurring near new and full moon"),
+    ("Neap tide", "a tide with a smaller than average range, occurring near the quarter moons"),
+    ("Safety zone", "an area around a vessel or berth that other craft may not enter without "
+                    "permission from Tern Bay Control"),
+    ("Hot work", "any work that uses a flame or produces sparks, such as welding, burning or "
+                 "grinding"),
+    ("Reefer", "a refrigerated container that needs electrical power while on the terminal"),
+    ("Bunkering", "the supply of fuel to a vessel for its own use"),
+    ("Lay-by berth", "a berth where a vessel waits without working cargo"),
+    ("Small-craft lane", "the marked lane along the East Breakwater that Class A craft must use "
+                         "inside the harbour"),
+    ("Harbour Master", "the officer of the Tern Bay Harbour Authority responsible for the safety "
+                       "of navigation and the allocation of berths"),
+    ("Notice of arrival", "the message a vessel's agent sends before arrival with the vessel's "
+                          "particulars, cargo and expected time"),
+]
+
+HB_TIDE = {"MHWS": 4.6, "MHWN": 3.5, "MLWN": 1.6, "MLWS": 0.5, "channel": 12.4}
+
+
+def _hb_required_tide(draught: float) -> float:
+    """Height of tide needed to transit the Gannet Channel with the required clearance."""
+    clearance = max(1.0, round(0.1 * draught, 2))
+    return round(max(0.0, draught + clearance - HB_TIDE["channel"]), 1)
+
+
+HB_NAME_A = ["Grey", "Silver", "Morning", "Northern", "Quiet", "Bright", "Swift", "Coastal",
+             "Amber", "Western", "Island", "Golden", "Steady", "Autumn", "Evening", "Blue",
+             "Patient", "Southern"]
+HB_NAME_B = ["Heron", "Tide", "Harvest", "Star", "Wave", "Petrel", "Trader", "Spirit", "Dawn",
+             "Pioneer", "Gull", "Meadow", "Crest", "Voyager", "Lark", "Current", "Lantern",
+             "Kestrel"]
+
+# ship type -> (berths it may use, LOA range m, draught per metre of LOA, carries dangerous goods)
+HB_SHIP_TYPES = {
+    "ro-ro ferry": ([1, 2], (95, 175), 0.044, False),
+    "cruise ship": ([3], (120, 300), 0.034, False),
+    "general cargo ship": ([4, 5], (70, 160), 0.058, False),
+    "container ship": ([6, 7], (120, 260), 0.052, False),
+    "grain carrier": ([8], (140, 215), 0.058, False),
+    "aggregate carrier": ([9], (90, 180), 0.060, False),
+    "product tanker": ([10], (60, 195), 0.060, True),
+    "gas carrier": ([11], (50, 130), 0.065, True),
+    "survey ship": ([12], (40, 115), 0.060, False),
+    "fishing vessel": ([13], (12, 50), 0.110, False),
+    "yacht": ([14], (8, 24), 0.140, False),
+}
+HB_BERTH = {b[0]: b for b in HB_BERTHS}
+
+
+def _hb_examples(rng: random.Random, count: int) -> list[str]:
+    names = [f"{a} {b}" for a in HB_NAME_A for b in HB_NAME_B]
+    rng.shuffle(names)
+    out = []
+    types = list(HB_SHIP_TYPES)
+    for k in range(1, count + 1):
+        kind = types[(k - 1) % len(types)] if k <= len(types) else rng.choice(types)
+        berths, (lo, hi), ratio, dangerous = HB_SHIP_TYPES[kind]
+        loa = rng.randint(lo, hi)
+        draught = round(loa * ratio * rng.uniform(0.85, 1.15), 1)
+        wind = rng.randint(6, 38)
+        name = names[k - 1]
+        cls = hb_class_of(loa)
+        _, _, _, _, tugs, _, notice = [c for c in HB_CLASSES if c[0] == cls][0]
+        s = [f"Example {k}. The {kind} {name}, {loa} m long with a draught of {draught:.1f} m, "
+             f"is expected with a forecast mean wind of {wind} knots. Her length puts her in "
+             f"Class {cls}."]
+        if cls == "A":
+            s.append("She needs no pilot and no tugs.")
+        elif cls == "B":
+            s.append("Although she is only Class B, she carries dangerous goods, so a pilot is "
+                     "compulsory." if dangerous else "As a Class B vessel without dangerous "
+                     "goods she needs no pilot.")
+            s.append("No tugs are required.")
+        else:
+            s.append("Pilotage is compulsory, and two pilots board at Tern Alpha." if cls == "E"
+                     else "Pilotage is compulsory.")
+            if wind > 20:
+                s.append(f"Because the wind is above 20 knots, she needs {number_words(tugs + 1)} "
+                         f"tugs instead of {number_words(tugs)}.")
+            else:
+                s.append(f"She needs {number_words(tugs)} tug{'s' if tugs > 1 else ''}.")
+        if notice:
+            s.append(f"Her agent must send notice of arrival at least {notice} hours before she "
+                     "reaches Tern Alpha.")
+        else:
+            s.append("She only has to call Tern Bay Control before passing the breakwater heads.")
+        if dangerous:
+            s.append("Her cargo must also be declared as dangerous goods 48 hours before arrival.")
+        ok, refused = [], []
+        for b in berths:
+            _, _, _, max_loa, depth, *_ = HB_BERTH[b]
+            max_d = round(depth - 0.6, 1)
+            if loa > max_loa:
+                refused.append(f"Berth {b} takes vessels only up to {max_loa} m")
+            elif draught > max_d:
+                refused.append(f"the greatest draught at Berth {b} is {max_d:.1f} m")
+            else:
+                ok.append(b)
+        if ok:
+            s.append("She can be given " + " or ".join(f"Berth {b}" for b in ok) + ".")
+            if refused:
+                s.append(cap_first(refused[0]) + ", so that berth is not possible for her.")
+        else:
+            s.append(cap_first("; ".join(refused)) + ", so the Harbour Master will refuse the "
+                     "call.")
+        if draught <= 11.2:
+            s.append("Her draught lets her use the Gannet Channel at any state of the tide.")
+        else:
+            s.append(f"She needs a height of tide of at least {_hb_required_tide(draught):.1f} m "
+                     "to use the Gannet Channel.")
+        if ok and cls == "E" and wind > 30:
+            s.append("With the wind above 30 knots she may not enter, so she waits at Anchorage A "
+                     "until it eases.")
+        elif ok and cls == "D" and wind > 35:
+            s.append("With the wind above 35 knots she may not enter, so she waits at Anchorage B "
+                     "until it eases.")
+        out.append(" ".join(s))
+    return out
+
+
+def _hb_sections(rng: random.Random) -> list[tuple[str, list[str]]]:
+    """The handbook as (section heading, paragraphs)."""
+    ch = rng.choice
+    secs: list[tuple[str, list[str]]] = []
+
+    # 1 -------------------------------------------------------------------------------------
+    paras = [
+        f"This handbook sets out the operating rules of {HB_NAME}. It is issued by the "
+        f"{HB_AUTH} and applies to every vessel, tug, launch and person working within the "
+        "harbour limits, which run from the Gannet Light to the head of the Inner Basin.",
+        "Where this handbook says that something shall be done, the rule is mandatory. Where it "
+        "says should, the rule is strongly recommended practice, and a master who departs from "
+        "it must be able to explain why.",
+        "The Harbour Master may give a direction that differs from this handbook when safety "
+        "requires it. A direction given on VHF by Tern Bay Control on behalf of the Harbour "
+        "Master has the same force as a written direction.",
+        "Masters remain responsible for the safe navigation of their vessels at all times. The "
+        "presence of a pilot on board, or of tugs alongside, does not remove that responsibility.",
+        "Amendments to this handbook are issued as numbered notices to mariners. A copy of every "
+        "notice in force is kept at the Harbour Master's office on North Quay and at each "
+        "gatehouse.",
+        f"The Harbour Master's office on North Quay is staffed at all hours. {HB_CONTROL} keeps "
+        "a continuous watch on VHF channels 16 and 12 and answers the harbour emergency line, "
+        "555 0100, at any time of day or night.",
+    ]
+    secs.append(("1. Introduction and Scope", paras))
+
+    # 2 -------------------------------------------------------------------------------------
+    paras = [
+        f"{HB_NAME} lies at the head of Tern Bay and faces south. The harbour is protected by "
+        "the West Breakwater and the East Breakwater, whose heads are 220 m apart and form the "
+        "only entrance.",
+        "The Gannet Channel leads from the open sea to the breakwater entrance. It is 4.2 "
+        "nautical miles long and 180 m wide, and it is dredged to 12.4 m below chart datum along "
+        "its whole length.",
+        "The Gannet Light stands on Gannet Rock at the seaward end of the channel. It shows a "
+        "white flash every ten seconds and can be seen at about 18 nautical miles in clear "
+        "weather.",
+        "Inbound, the starboard-hand buoys of the Gannet Channel are green and carry odd numbers "
+        "from 1 to 11. The port-hand buoys are red and carry even numbers from 2 to 12.",
+        "Inside the breakwaters lies the Outer Harbour, with the turning basin of 450 m diameter "
+        "at its centre. North Quay, East Quay and the South Terminal all open onto the Outer "
+        "Harbour.",
+        "The Inner Basin is reached through a cut 60 m wide at the north-east corner of the "
+        "Outer Harbour. It holds the lay-by and repair berth. The Fishing Basin and the Marina "
+        "lie behind the East Breakwater and are reached by the small-craft lane.",
+        "The harbour has fourteen numbered berths. Berths 1 to 3 are on North Quay, Berths 4 to "
+        "7 on East Quay, Berths 8 to 11 at the South Terminal, Berth 12 in the Inner Basin, "
+        "Berth 13 in the Fishing Basin and Berth 14 in the Marina.",
+        "The South Spit is a shoal patch inside the entrance on the starboard side. It is "
+        "marked by the South Spit buoy, a yellow pillar buoy, and vessels shall leave the buoy "
+        "to starboard when turning towards the South Terminal.",
+    ]
+    for k in range(1, 7):
+        dist = round(4.2 - (k - 1) * 0.8, 1)
+        odd, even = 2 * k - 1, 2 * k
+        period = 2 + k % 3 * 2
+        paras.append(
+            f"Buoys {odd} and {even} lie {dist} nautical miles from the breakwater heads. Buoy "
+            f"{odd} shows a green light and Buoy {even} a red light, each flashing every {period} "
+            "seconds. "
+            + ch(["Vessels should keep to the starboard side of the channel between them.",
+                  "A damaged or unlit buoy shall be reported to Tern Bay Control at once.",
+                  "The buoys are checked by the Harbour Authority launch every week."])
+            + (" The channel bends ten degrees to the east between Buoys 5 and 7."
+               if k == 3 else "")
+        )
+    secs.append(("2. Harbour Overview", paras))
+
+    # 3 -------------------------------------------------------------------------------------
+    paras = [
+        "Every vessel using the harbour is placed in one of five classes by its length overall. "
+        "The class decides whether pilotage is compulsory, how many tugs must be used, how much "
+        "notice of arrival is needed and which berths the vessel may be given.",
+    ]
+    for name, low, high, typical, tugs, pilot, notice in HB_CLASSES:
+        size = (f"up to {high} m" if low == 0 else f"over {low} m and up to {high} m")
+        tug_text = ("No tugs are required" if tugs == 0 else
+                    f"{number_words(tugs).capitalize()} tug{'s are' if tugs > 1 else ' is'} "
+                    "required for berthing and unberthing")
+        notice_text = ("No notice of arrival is needed, but the vessel shall call "
+                       f"{HB_CONTROL} before passing the breakwater heads" if notice == 0 else
+                       f"Notice of arrival shall be sent at least {notice} hours before the "
+                       "vessel reaches Tern Alpha")
+        paras.append(
+            f"Class {name} covers vessels {size} in length overall. Typical Class {name} vessels "
+            f"are {typical}. Pilotage for Class {name} is {pilot}."
+        )
+        paras.append(
+            f"{tug_text} for a Class {name} vessel. {notice_text}. "
+            + ch([
+                f"The Harbour Master may vary these requirements for a Class {name} vessel "
+                "with unusual handling characteristics.",
+                f"A Class {name} vessel with a defect affecting its engines or steering shall "
+                "report the defect before entering.",
+                f"The class of a vessel is taken from its registered length overall, not from "
+                "its length on the day.",
+            ])
+        )
+        if tugs:
+            windy = tugs + 1
+            paras.append(
+                f"When the mean wind speed is above 20 knots, a Class {name} vessel shall use "
+                f"{number_words(windy)} tugs instead of {number_words(tugs)}. Tugs are ordered "
+                "through the pilot station, and the tug master works with the pilot on VHF "
+                "channel 72."
+            )
+    secs.append(("3. Vessel Classes", paras))
+
+    paras = [
+        "The checklists below summarise what each class of vessel must do before and during "
+        "arrival. They do not replace the detailed rules in the other sections."
+    ]
+    for name, low, high, typical, tugs, pilot, notice in HB_CLASSES:
+        steps = []
+        if notice:
+            steps.append(f"send notice of arrival at least {notice} hours ahead")
+        else:
+            steps.append("check that a berth is free with the marina office or Tern Bay Control")
+        if name in ("C", "D", "E"):
+            steps.append("confirm the pilot boarding time with the pilot station on VHF channel 9")
+            steps.append(f"order {number_words(tugs)} tug{'s' if tugs > 1 else ''}, or "
+                         f"{number_words(tugs + 1)} if the wind is above 20 knots")
+        elif name == "B":
+            steps.append("order a pilot if the vessel is a tanker or carries dangerous goods")
+        steps.append("make Reports 1 to 4 on VHF channel 12" if name != "A" else
+                     "call Tern Bay Control on VHF channel 12 before the breakwater heads")
+        steps.append(f"keep to the speed limits of {HB_SPEEDS[0][1]} knots in the channel and "
+                     f"{HB_SPEEDS[1][1]} knots in the Outer Harbour")
+        words = ["First"] + ["Then", "Next", "After that"][: len(steps) - 2] + ["Finally"]
+        body = " ".join(f"{w}, {st}." for w, st in zip(words, steps))
+        paras.append(f"Arrival checklist for Class {name}. {body}")
+    secs.append(("3A. Arrival Checklists", paras))
+
+    # 4 -------------------------------------------------------------------------------------
+    paras = [
+        "Pilotage is compulsory for all vessels of Classes C, D and E, and for any vessel of "
+        "Class B that is a tanker or carries dangerous goods. Class E vessels carry two pilots "
+        "from Tern Alpha to the berth.",
+        "The pilot boarding point is position Tern Alpha, 1.5 nautical miles south of the Gannet "
+        "Light. Inbound vessels shall arrive at Tern Alpha at the time agreed with the pilot "
+        "station and shall not enter the Gannet Channel before the pilot is on board.",
+        "Pilots are requested through the vessel's agent at the same time as the notice of "
+        "arrival. The pilot station confirms the boarding time on VHF channel 9 one hour before "
+        "the vessel reaches Tern Alpha.",
+        "The pilot ladder shall be rigged on the lee side, 1.5 m above the water, with a "
+        "lifebuoy and a heaving line ready and an officer in attendance. The pilot launch "
+        "approaches at about 8 knots, and the vessel should keep a steady course at that speed.",
+        "Outbound pilots leave the vessel at Tern Alpha. In bad weather the pilot may leave "
+        "inside the Gannet Channel if the master agrees and Tern Bay Control is told.",
+        "A master who holds a pilotage exemption certificate for Tern Bay may navigate a Class C "
+        "vessel without a pilot. Exemption certificates are never issued for tankers, gas "
+        "carriers or vessels of Classes D and E.",
+        "If no pilot can board because of weather, inbound vessels shall wait at Anchorage A or "
+        "Anchorage B as directed by Tern Bay Control, and outbound vessels shall remain "
+        "alongside.",
+    ]
+    secs.append(("4. Pilotage", paras))
+
+    # 5 -------------------------------------------------------------------------------------
+    t = HB_TIDE
+    paras = [
+        f"Tides at Tern Bay are semi-diurnal, with two high waters and two low waters each day. "
+        f"Mean high water springs is {t['MHWS']} m and mean low water springs is {t['MLWS']} m "
+        f"above chart datum, giving a mean spring range of {t['MHWS'] - t['MLWS']:.1f} m.",
+        f"At neaps, mean high water is {t['MHWN']} m and mean low water is {t['MLWN']} m above "
+        f"chart datum, giving a mean neap range of {t['MHWN'] - t['MLWN']:.1f} m. Strong "
+        "southerly winds can raise the water level by up to 0.4 m above the prediction.",
+        "In the Gannet Channel every vessel shall keep an under-keel clearance of at least 10 "
+        "percent of its draught, and never less than 1.0 m. Alongside any berth the minimum "
+        "under-keel clearance is 0.6 m at all states of the tide.",
+        "Vessels with a draught of 11.2 m or less can transit the Gannet Channel at any state "
+        "of the tide. Deeper vessels need a tidal window, and the greatest draught accepted for "
+        "the channel is 14.0 m.",
+        "A vessel with a draught of more than 11.2 m shall give the Harbour Master 24 hours' "
+        "notice of its intended transit. Tern Bay Control confirms the tidal window on VHF "
+        "channel 12 when the vessel makes Report 1.",
+    ]
+    for d in [11.5, 12.0, 12.5, 13.0, 13.5, 14.0]:
+        need = _hb_required_tide(d)
+        note = ("This height is reached on most tides, including neaps." if need <= t["MHWN"]
+                else "This height is only reached near high water on spring tides, so the "
+                     "window may not exist on neap days.")
+        paras.append(
+            f"A vessel with a draught of {d:.1f} m needs a height of tide of at least {need:.1f} m "
+            f"to transit the Gannet Channel. {note} "
+            + ch(["The transit shall be completed inside the window, not just begun.",
+                  "Tern Bay Control will not clear the vessel to enter the channel until the "
+                  "height of tide is sufficient.",
+                  "The master should allow for squat, which increases at higher speed."])
+        )
+    paras.append(
+        "Tidal streams in the Gannet Channel run north on the flood and south on the ebb, at up "
+        "to 1.5 knots at springs. Across the breakwater entrance the stream can set a vessel "
+        "towards the South Spit, and masters should allow for this when turning."
+    )
+    secs.append(("5. Tides and Under-Keel Clearance", paras))
+
+    # 6 -------------------------------------------------------------------------------------
+    berth_secs = []
+    for n, quay, use, loa, depth, services, equipment, special in HB_BERTHS:
+        cls = hb_class_of(loa)
+        max_d = round(depth - 0.6, 1)
+        ps = []
+        ps.append(
+            ch([f"Berth {n} lies on {quay} and is used mainly by {use}. ",
+                f"Berth {n} is a {quay} berth for {use}. "])
+            + f"It takes vessels up to {loa} m length overall, so ships of Class {cls} and "
+            f"smaller may be allocated to it. The declared depth alongside is {depth:.1f} m below "
+            "chart datum."
+        )
+        ps.append(
+            f"The greatest draught permitted at Berth {n} at any state of the tide is {max_d:.1f} "
+            f"m, which keeps the required clearance of 0.6 m under the keel at chart datum. "
+            + ch([f"Masters shall state their arrival draught in the notice of arrival so that "
+                  f"this limit can be checked before Berth {n} is allocated.",
+                  f"The Harbour Master does not accept vessels deeper than this at Berth {n}, "
+                  "whatever the predicted tide."])
+        )
+        swl = 100 if loa >= 200 else (60 if loa >= 100 else 25)
+        spacing = 30 if loa >= 100 else 15
+        ps.append(
+            f"Bollards at Berth {n} are rated at {swl} tonnes and are spaced every {spacing} m. "
+            + ch(["The fenders are cylindrical rubber units hung from the quay face.",
+                  "The quay face is protected by rubber cone fenders with steel front panels.",
+                  "The fenders are rubber cell units, which should be checked for damage after "
+                  "every call."])
+            + " "
+            + ch(["Masters should plan at least three head lines, three stern lines and two "
+                  "springs at each end for a stay of more than a day.",
+                  "Mooring lines shall be tended while the vessel is alongside, especially when "
+                  "the tide is running.",
+                  "Mooring gangs are provided by the harbour and are ordered with the pilot."])
+        )
+        svc = (", ".join(services[:-1]) + " and " + services[-1]) if len(services) > 1 else (
+            services[0] if services else "")
+        ps.append(
+            f"Berth {n} is equipped with {equipment}. "
+            + (f"Services at the berth are {svc}." if services else
+               f"There is no fresh water at Berth {n}, and vessels that need water shall take it "
+               "before shifting to the berth.")
+        )
+        tugs = [c[4] for c in HB_CLASSES if c[0] == cls][0]
+        ps.append(
+            f"To reach Berth {n}, vessels {HB_QUAY_ROUTE[quay]}. "
+            + (f"The largest vessels allowed here are Class {cls}, which need "
+               f"{number_words(tugs)} tug{'s' if tugs != 1 else ''} for berthing."
+               if tugs else f"Vessels using Berth {n} do not need tugs.")
+        )
+        ps.append(special + " " + ch([
+            f"Crew and visitors reach Berth {n} through Gate {HB_GATES[quay]}.",
+            f"Road access to Berth {n} is through Gate {HB_GATES[quay]}, which is open at all "
+            "hours.",
+            f"Gate {HB_GATES[quay]} is the nearest gate to Berth {n}, and all visitors shall "
+            "show a pass there.",
+        ]))
+        hours = HB_WORK_HOURS[n]
+        ps.append(
+            f"Cargo and passenger work at Berth {n} runs {hours}. "
+            + ch([f"The quay at Berth {n} is lit at night to the standard required for cargo "
+                  "work.",
+                  f"Vehicles may park on the quay apron at Berth {n} only in the marked bays.",
+                  f"Stores for vessels at Berth {n} are delivered by road through Gate "
+                  f"{HB_GATES[quay]}."])
+        )
+        berth_secs.append((f"6.{n} Berth {n} ({quay})", ps))
+    secs.append(("6. Berths", [
+        "Berths are allocated by the Harbour Master's office, normally 24 hours before arrival. "
+        "A vessel shall not use any berth other than the one allocated to it, and shall shift "
+        "berth only on the instruction of Tern Bay Control.",
+        "The length and depth limits given for each berth are the greatest values the Harbour "
+        "Master will accept. A vessel that exceeds any of them will be refused the berth, even "
+        "if the berth is free.",
+    ]))
+    secs.extend(berth_secs)
+
+    # 7 -------------------------------------------------------------------------------------
+    paras = []
+    for area, knots in HB_SPEEDS:
+        paras.append(
+            f"The speed limit in {area} is {knots} knots through the water. "
+            + ch(["Vessels shall go slower when their wash could endanger small craft or "
+                  "vessels alongside.",
+                  "The limit applies to all vessels, including tugs and launches, unless they "
+                  "are answering an emergency.",
+                  "Patrol launches of the Harbour Authority record the speed of passing "
+                  "vessels."])
+        )
+    paras += [
+        "Overtaking in the Gannet Channel is not allowed for vessels of Classes D and E. Smaller "
+        "vessels may overtake only with the agreement of the vessel being overtaken and of Tern "
+        "Bay Control.",
+        "An outbound vessel of Class D or E has priority in the Gannet Channel. Inbound vessels "
+        "shall wait south of Tern Alpha until Tern Bay Control clears them to enter.",
+        "Class A craft shall use the small-craft lane inside the harbour and shall cross the "
+        "Outer Harbour only at right angles and only when no larger vessel is moving.",
+        "Swimming, diving and fishing from the quays are not allowed anywhere in the harbour, "
+        "except for diving work under a permit from the Harbour Master.",
+    ]
+    for name, where, depth_range, users in HB_ANCHORAGES:
+        paras.append(
+            f"{name} lies {where}, in depths of {depth_range}. It is intended for {users}. "
+            + ch(["Vessels at anchor shall keep a listening watch on VHF channel 12.",
+                  "Vessels at anchor shall keep their engines ready at one hour's notice.",
+                  "Vessels shall anchor only in the position given by Tern Bay Control."])
+        )
+    secs.append(("7. Navigation in the Harbour", paras))
+
+    # 8 -------------------------------------------------------------------------------------
+    paras = []
+    for channel, use in HB_VHF:
+        paras.append(
+            f"VHF channel {channel} is used for {use}. "
+            + ch(["Messages should be short and use standard marine phrases.",
+                  "Vessels shall use the vessel's name and the berth number in every call.",
+                  "Tern Bay Control logs every call made on this channel."])
+        )
+    for name, when, what in HB_REPORTS:
+        paras.append(f"{name} is made to Tern Bay Control on VHF channel 12 {when}. The report "
+                     f"shall give {what}.")
+    paras.append(
+        "Outbound vessels make the same reports in reverse order, starting with a call on VHF "
+        "channel 12 ten minutes before letting go and ending with a report when passing Tern "
+        "Alpha."
+    )
+    secs.append(("8. Communications and Reporting", paras))
+
+    # 9 -------------------------------------------------------------------------------------
+    paras = [
+        "Tern Bay Control broadcasts a weather summary on VHF channel 12 at 06:00, 12:00 and "
+        "18:00 every day, and more often when a gale warning is in force.",
+    ]
+    for what, when in HB_WEATHER:
+        paras.append(
+            f"{cap_first(what)} when {when}. "
+            + ch(["Work or movement resumes only when the Harbour Master says it may.",
+                  "Masters should plan their arrival so that they are not caught by this limit "
+                  "in the channel.",
+                  "The limit is measured at the anemometer on the East Breakwater head."
+                  if "wind" in when or "gusts" in when else
+                  "The limit is judged by Tern Bay Control from the visibility at the "
+                  "breakwater heads."])
+        )
+    paras.append(
+        "When a storm warning is issued, vessels alongside shall double up their mooring lines, "
+        "keep their engines ready and keep a watch on VHF channel 12 until the warning is "
+        "cancelled."
+    )
+    secs.append(("9. Weather Limits", paras))
+
+    # 10 ------------------------------------------------------------------------------------
+    paras = [
+        "Dangerous goods shall be declared in the notice of arrival, at least 48 hours before "
+        "arrival, with their class, quantity and stowage position. Vessels carrying explosives "
+        "are not accepted in the harbour.",
+        "Flammable liquids in bulk are handled only at Berth 10, and liquefied gases only at "
+        "Berth 11. Packaged dangerous goods may be handled at Berths 4 to 7 when the terminal "
+        "has agreed a handling plan.",
+        "During any transfer of flammable cargo, smoking and naked lights are forbidden within "
+        "the safety zone, and the vessel shall fly flag B by day and show an all-round red light "
+        "by night.",
+        "A ship-shore safety checklist shall be completed and signed by the vessel and the "
+        "terminal before a tanker or gas carrier starts to transfer cargo, and repeated every "
+        "six hours.",
+        "Leaking packages of dangerous goods shall be reported to Tern Bay Control at once. The "
+        "area around the package is closed until the fire service has judged it safe.",
+    ]
+    secs.append(("10. Dangerous Goods", paras))
+
+    # 11 ------------------------------------------------------------------------------------
+    paras = [
+        "Fresh water is supplied at Berths 1 to 8, 12, 13 and 14 at about 40 tonnes an hour. "
+        "Water is ordered through the vessel's agent at least four hours before it is needed.",
+        "Bunkering by barge is available at Berths 4 to 10, and by road tanker at Berths 12 and "
+        "13. The Harbour Master shall be told 24 hours before bunkering starts, and a bunkering "
+        "checklist shall be completed.",
+        "Shore power is available at Berths 1, 2, 3 and 14. Vessels connected to shore power "
+        "should stop their generators while alongside.",
+        "Garbage skips are provided at every berth. Oily waste is collected by road tanker on 24 "
+        "hours' notice, and sewage can be discharged ashore at Berths 1, 3 and 14.",
+        "Mooring gangs, launches and tugs are booked through the pilot station. A launch service "
+        "for crew runs from the Fishing Basin steps to Anchorages B and C between 07:00 and "
+        "22:00.",
+        "Ship chandlers, a crew welfare centre and a small clinic are located beside Gate 1 on "
+        "North Quay.",
+    ]
+    secs.append(("11. Harbour Services", paras))
+
+    # 12 ------------------------------------------------------------------------------------
+    emergencies = [
+        ("Fire on board or on the quay", [
+            "raise the alarm on board and on the quay",
+            "call Tern Bay Control on VHF channel 16 and then channel 12, or phone 555 0100",
+            "stop all cargo work and bunkering at the berth",
+            "send a crew member to Gate {gate} to guide the fire service",
+            "prepare to let go only when the Harbour Master says so",
+        ]),
+        ("Oil spill", [
+            "stop the transfer or the source of the spill at once",
+            "report the spill to Tern Bay Control on VHF channel 12",
+            "close the scuppers and contain oil on deck with the spill kit",
+            "record the time, the estimated quantity and the type of oil",
+            "give the response team access to the vessel and the quay",
+        ]),
+        ("Person overboard", [
+            "throw a lifebuoy and shout person overboard",
+            "keep the person in sight and point at them",
+            "call Tern Bay Control on VHF channel 16",
+            "stop any propellers turning near the person",
+            "guide the harbour rescue launch to the position",
+        ]),
+        ("Collision or grounding", [
+            "stop the engines if it is safe to do so",
+            "report the incident to Tern Bay Control on VHF channel 16",
+            "sound all tanks and check for water ingress",
+            "look for pollution around the vessel",
+            "stay in position until the Harbour Master gives instructions",
+        ]),
+        ("Medical emergency", [
+            "give first aid and keep the casualty warm",
+            "call Tern Bay Control on VHF channel 16 or phone 555 0100",
+            "state the number of casualties and their condition",
+            "send a crew member to Gate {gate} to meet the ambulance",
+            "prepare the gangway so that a stretcher can be carried ashore",
+        ]),
+    ]
+    paras = [
+        "In any emergency, the first call goes to Tern Bay Control, on VHF channel 16 or on the "
+        "harbour emergency line 555 0100. The harbour rescue launch is stationed at the Fishing "
+        "Basin steps and can reach any berth within ten minutes.",
+    ]
+    for title, steps in emergencies:
+        gate = rng.choice([1, 2, 3])
+        words = ["First", "Second", "Third", "Fourth", "Fifth"]
+        body = " ".join(f"{w}, {s.format(gate=gate)}." for w, s in zip(words, steps))
+        paras.append(f"{title}. {body}")
+        paras.append(
+            f"After any {title.lower()}, the master shall send a written report to the Harbour "
+            "Master within 24 hours. "
+            + ch(["The report shall include the times of each action taken.",
+                  "Photographs and the vessel's log extract should be attached.",
+                  "A copy of the report is kept by the Harbour Authority for five years."])
+        )
+    paras.append(
+        "Muster points for people on the quays are at Gate 1 for North Quay, Gate 2 for East "
+        "Quay and the Inner Basin, Gate 3 for the South Terminal and Gate 4 for the Fishing "
+        "Basin and the Marina."
+    )
+    secs.append(("12. Emergency Procedures", paras))
+
+    # 13 ------------------------------------------------------------------------------------
+    paras = [
+        "The harbour has four gates. Gate 1 serves North Quay, Gate 2 serves East Quay and the "
+        "Inner Basin, Gate 3 serves the South Terminal and Gate 4 serves the Fishing Basin and "
+        "the Marina.",
+        "Everyone entering the port area shall carry a harbour pass or a visitor pass. Crew "
+        "members may use their seafarer identity document together with the vessel's crew "
+        "list.",
+        "Visitor passes are issued at the gatehouse for one day only. A visitor shall be met at "
+        "the gate by the person they are visiting.",
+        "Port security is reached on VHF channel 14. Unattended bags or vehicles shall be "
+        "reported to the nearest gatehouse at once.",
+        "Photography of the tanker berths and the gas berth is not allowed without the written "
+        "consent of the terminal operator.",
+    ]
+    secs.append(("13. Security and Access", paras))
+
+    # 14 ------------------------------------------------------------------------------------
+    paras = [
+        "No oil, garbage, sewage or cargo residue may be discharged into the water anywhere "
+        "inside the harbour limits. Vessels shall use the reception facilities described in "
+        "Section 11.",
+        "Ballast water shall not be discharged inside the breakwaters unless it has been "
+        "treated by an approved system, and the treatment record shall be shown on request.",
+        "Vessels alongside shall keep engine and generator noise as low as practicable between "
+        "23:00 and 07:00, especially at North Quay, which is close to the town.",
+        "Hull cleaning in the water is not allowed. Hull painting and repairs on the outside of "
+        "the hull are carried out only at Berth 12 with a permit.",
+        "Seals rest on the rocks at Tern Point from June to August. Vessels using Anchorage C "
+        "shall keep at least 200 m from the rocks during that period.",
+    ]
+    secs.append(("14. Environmental Rules", paras))
+
+    # 15 ------------------------------------------------------------------------------------
+    paras = [
+        "The Marina at Berth 14 has 220 pontoon berths for vessels up to 23 m. Visiting yachts "
+        "call the marina office on VHF channel 80 before passing the East Breakwater.",
+        "The marina office is open from 08:00 to 20:00. Outside these hours, visitors may tie "
+        "up on the reception pontoon and report to the office in the morning.",
+        "Fishing vessels of up to 45 m use Berth 13 in the Fishing Basin. Boats landing a catch "
+        "have priority between 04:00 and 09:00, and other boats shall keep the landing stretch "
+        "clear in those hours.",
+        "Ice is supplied by the ice plant on Berth 13 from 03:30. Orders should be placed with "
+        "the plant the evening before.",
+        "All Class A craft shall keep out of the Gannet Channel when a vessel of Class C or "
+        "larger is transiting, and shall keep clear of the turning basin at all times.",
+        "Sailing inside the harbour is allowed only in the Marina approach and only in daylight. "
+        "At night, Class A craft shall motor and show the lights required by the collision "
+        "regulations.",
+    ]
+    secs.append(("15. Small Craft and Fishing Vessels", paras))
+
+    # 16 ------------------------------------------------------------------------------------
+    paras = [
+        "Harbour dues are charged for every call by a vessel of Class B or larger, according to "
+        "its gross tonnage and the tariff in force on the day of arrival. Class A craft pay the "
+        "marina or fishing basin fee instead.",
+        "Pilotage, towage and mooring gangs are charged separately from harbour dues. A pilot "
+        "ordered and then cancelled less than three hours before the boarding time is charged "
+        "in full.",
+        "A vessel that stays at a working berth for more than 24 hours after finishing cargo "
+        "may be charged lay-by fees or asked to move to Berth 12.",
+        "Charges are invoiced to the vessel's agent. Disputes about an invoice shall be raised "
+        "with the Harbour Authority within 30 days.",
+    ]
+    secs.append(("16. Harbour Dues and Charges", paras))
+
+    # 17 ------------------------------------------------------------------------------------
+    paras = [
+        "The examples below show how the rules of this handbook apply to particular vessels. "
+        "The vessels are imaginary, but every conclusion follows from the rules above."
+    ]
+    paras += _hb_examples(rng, 92)
+    secs.append(("17. Worked Examples", paras))
+
+    # 18 ------------------------------------------------------------------------------------
+    paras = [f"{term}: {definition}." for term, definition in HB_GLOSSARY]
+    secs.append(("18. Glossary", paras))
+    return secs
+
+
+def build_harbor_handbook(rng: random.Random, heldout_chars: int = 12_000) -> tuple[str, str]:
+    """Returns (training text, held-out text). Held-out paragraphs are drawn from the same
+    generator and removed from the training text."""
+    secs = _hb_sections(rng)
+    all_paras = [(si, pi) for si, (_, paras) in enumerate(secs) for pi in range(len(paras))]
+    # Short glossary lines and section openers stay in training.
+    pool = [(si, pi) for si, pi in all_paras if len(secs[si][1][pi]) > 200]
+    rng.shuffle(pool)
+    held: set[tuple[int, int]] = set()
+    size = 0
+    for si, pi in pool:
+        if size >= heldout_chars:
+            break
+        held.add((si, pi))
+        size += len(secs[si][1][pi]) + 2
+
+    title = f"{HB_NAME} Operations Handbook"
+    train_blocks = [title, f"Issued by the {HB_AUTH}. Edition 4."]
+    held_blocks = [f"{title}: Supplementary Notes",
+                   "These notes expand on the handbook. They are numbered separately."]
+    note_no = 0
+    for si, (heading, paras) in enumerate(secs):
+        train_blocks.append(heading)
+        kept = [p for pi, p in enumerate(paras) if (si, pi) not in held]
+        train_blocks.extend(kept)
+        moved = [p for pi, p in enumerate(paras) if (si, pi) in held]
+        if moved:
+            note_no += 1
+            topic = heading.split(" ", 1)[1]
+            held_blocks.append(f"Supplementary note {note_no}, on {topic}")
+            held_blocks.extend(moved)
+    return "\n\n".join(train_blocks) + "\n", "\n\n".join(held_blocks) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------
+
+
+def build_all(out: Path) -> dict[str, Path]:
+    """Write every generated file under ``out``; returns {relative path: absolute path}."""
+    written: dict[str, Path] = {}
+    builders = [
+        ("ticket_routing", 1, build_ticket_routing),
+        ("order_extraction", 2, build_order_extraction),
+        ("capitals", 3, build_capitals),
+        ("everyday_mc", 4, build_everyday_mc),
+        ("word_opposites", 5, build_word_opposites),
+        ("general_instructions", 6, build_general_instructions),
+    ]
+    for name, offset, fn in builders:
+        rows = fn(random.Random(SEED + offset))
+        unique_rows(rows, INPUT_FIELD[name])
+        rel = f"{name}/{name}.jsonl"
+        write_jsonl(out / rel, rows)
+        written[rel] = out / rel
+    train, held = build_harbor_handbook(random.Random(SEED + 7))
+    for rel, text in [("harbor_handbook/harbor_handbook.txt", train),
+                      ("harbor_handbook/harbor_handbook_heldout.txt", held)]:
+        write_text(out / rel, text)
+        written[rel] = out / rel
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
+                        help="output folder (default: the datasets/ folder of this script)")
+    args = parser.parse_args(argv)
+    written = build_all(args.out)
+    for rel, path in written.items():
+        print(f"{rel}\t{path.stat().st_size} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

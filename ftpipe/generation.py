@@ -54,7 +54,14 @@ _DTYPE_NAMES = {
     "half": "float16",
 }
 
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+_TEXT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
 
 
 @dataclass(frozen=True)
@@ -217,26 +224,25 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _folder_summary(folder: Path, *, hash_weights: bool) -> dict:
-    """config.json, tokenizer config and weight files (sizes, or contents when hash_weights)."""
+def _weights_folder_summary(folder: Path) -> dict:
+    """A full fine-tuned folder: its small text files and every weight file, by content."""
+    from ftpipe.store import WEIGHT_SUFFIXES
+
     out: dict[str, Any] = {}
-    for name in ("config.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
-        p = folder / name
-        if p.exists():
-            out[name] = _sha256_bytes(p.read_bytes())
-    weights = {}
     for p in sorted(folder.iterdir()):
-        if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES):
-            weights[p.name] = _sha256_file(p) if hash_weights else p.stat().st_size
-    out["weights"] = weights
+        if not p.is_file():
+            continue
+        if p.name.endswith(WEIGHT_SUFFIXES) or p.name in _TEXT_FILES:
+            out[p.name] = _sha256_file(p)
     return out
 
 
-def _base_summary(base: Path) -> dict:
-    manifest = base / "ftpipe_model.json"
-    if manifest.exists():
-        return {"ftpipe_model.json": _sha256_bytes(manifest.read_bytes())}
-    return _folder_summary(base, hash_weights=False)
+def _base_summary(base: Path) -> str:
+    # The store's definition: config/tokenizer files plus each weight file by the sha256 that
+    # ftpipe_model.json records (or by size and mtime for folders from outside the store).
+    from ftpipe.store import model_fingerprint
+
+    return model_fingerprint(base)
 
 
 def _adapter_summary(adapter: Path) -> dict:
@@ -254,10 +260,11 @@ def _adapter_summary(adapter: Path) -> dict:
 def spec_fingerprint(spec: ModelSpec) -> str:
     """A short stable hash of what ``load_model(spec)`` loads, usable before loading it.
 
-    Covers the base folder (its ``ftpipe_model.json`` if present, else config + weight file sizes),
-    the adapter (config without the base path, sha256 of its weights), full weights (sha256 of
-    every weight file), quantization, the resolved dtype and the scoring semantics version. The
-    device is not part of it.
+    Covers the base folder (``ftpipe.store.model_fingerprint``: config and tokenizer files plus the
+    weight hashes its ``ftpipe_model.json`` records, else weight sizes and mtimes), the adapter (its
+    config without the base path, sha256 of its weights), full weights (sha256 of every weight and
+    config file), quantization, the resolved dtype and the scoring semantics version. The device is
+    not part of it.
     """
     device = _resolve_device(spec.device)
     parts: dict[str, Any] = {
@@ -266,7 +273,7 @@ def spec_fingerprint(spec: ModelSpec) -> str:
         "quantization": normalize_quantization(spec.quantization),
     }
     if spec.weights_path:
-        parts["weights"] = _folder_summary(Path(spec.weights_path), hash_weights=True)
+        parts["weights"] = _weights_folder_summary(Path(spec.weights_path))
         if not _has_tokenizer(spec.weights_path):
             parts["base"] = _base_summary(Path(spec.base_path))
     else:

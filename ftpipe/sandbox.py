@@ -274,7 +274,9 @@ def main():
         os._exit(1)
     except BaseException:
         try:
-            traceback.print_exc()
+            # Skip the runner's own frame: the traceback should show only the program.
+            etype, value, tb = sys.exc_info()
+            traceback.print_exception(etype, value, tb.tb_next)
             sys.stderr.flush()
         finally:
             os._exit(1)

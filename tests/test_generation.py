@@ -1,0 +1,363 @@
+"""ftpipe.generation on tiny models: batching equals one-by-one, adapters, scoring, merging, 4-bit.
+
+The store's tiny-llama (tied embeddings, init std 0.02) greedily repeats the prompt's last token
+forever, which would make every generation test pass vacuously. ``varied_base`` re-draws its layer
+weights with std 0.2 so that greedy outputs differ from prompt to prompt and token to token.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+from ftpipe.generation import (  # noqa: E402
+    LoadedModel,
+    ModelSpec,
+    load_model,
+    merge_and_save,
+    normalize_quantization,
+    spec_fingerprint,
+)
+
+QUESTIONS = [
+    "hi",
+    "What is the capital of France?",
+    "Write a long story about a dragon who loves to bake bread in the mountains near a lake.",
+    "2+2?",
+    "Name three colors.",
+    "Explain, in a few sentences and with one example, why the sky looks blue during the day.",
+    "Translate 'good morning' into Spanish.",
+]
+
+CONTEXTS = [
+    "The quick brown fox",
+    "<|im_start|>user\nIs this review positive or negative? Great film!<|im_end|>\n<|im_start|>assistant\n",
+    "A",
+    "Once upon a time, in a land far away, there lived a",
+    "",
+]
+CONTINUATIONS = [" jumps over the lazy dog", "Positive", " cat", " king and a queen", "Hello there"]
+
+TEXTS = [
+    "Perplexity is the exponential of the average negative log-likelihood per token.",
+    "Short text.",
+    "x",
+    "A considerably longer passage of raw domain text, written only so that it runs past the "
+    "sixteen-token limit this test sets, which exercises truncation.",
+]
+
+BNB_4BIT = {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def _chat(tokenizer, question: str) -> str:
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
+
+
+@pytest.fixture(scope="session")
+def varied_base(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny-llama with its layer weights redrawn at std 0.2 (seeded): varied greedy outputs."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("varied_base")
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir), dtype=torch.float32)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.model.layers.parameters():
+            if p.ndim == 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    model.save_pretrained(str(out))
+    for f in tiny_llama_dir.iterdir():
+        if f.name.startswith("tokenizer") or f.name in ("chat_template.jinja", "special_tokens_map.json"):
+            shutil.copy(f, out / f.name)
+    return out
+
+
+def _make_adapter(base: Path, out: Path, seed: int, *, quantized: bool = False) -> Path:
+    """A random LoRA adapter (init_lora_weights=False, so it changes outputs), saved as PEFT does,
+    with adapter_config.json pointing at a base path that does not exist (as after Ludwig on
+    another machine)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    with torch.no_grad():  # make the adapter's effect clearly visible on this tiny model
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(20.0)
+    peft_model.save_pretrained(str(out))
+    cfg_path = out / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = "/nonexistent/training-machine/models/tiny-llama"
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def adapter_dir(varied_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _make_adapter(varied_base, tmp_path_factory.mktemp("adapter"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def base_model(varied_base: Path) -> LoadedModel:
+    return load_model(ModelSpec(base_path=str(varied_base), device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def tuned_model(varied_base: Path, adapter_dir: Path) -> LoadedModel:
+    return load_model(ModelSpec(base_path=str(varied_base), adapter_path=str(adapter_dir), device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def prompts(base_model: LoadedModel) -> list[str]:
+    return [_chat(base_model.tokenizer, q) for q in QUESTIONS]
+
+
+def _reference_generate(lm: LoadedModel, prompt: str, max_new_tokens: int) -> str:
+    """Plain HF generate on one unpadded prompt, bypassing ftpipe's batching."""
+    ids = torch.tensor([lm.tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    with torch.inference_mode():
+        out = lm.model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False
+        )
+    new = out[0, ids.shape[1] :].tolist()
+    eos = set(lm.eos_ids)
+    new = new[: next((j for j, t in enumerate(new) if t in eos), len(new))]
+    return lm.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+# --------------------------------------------------------------------------- import and spec
+
+
+def test_import_is_light():
+    code = "import sys, ftpipe.generation; print(sorted({'torch','transformers','peft'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_normalize_quantization_accepts_ludwig_and_short_names():
+    short = normalize_quantization(BNB_4BIT)
+    ludwig = normalize_quantization(
+        {"bits": 4, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": "float32"}
+    )
+    assert short == ludwig
+    assert normalize_quantization({"bits": 4})["bnb_4bit_compute_dtype"] == "float16"  # Ludwig's default
+    with pytest.raises(ValueError, match="unknown quantization setting"):
+        normalize_quantization({"bits": 4, "quant_typ": "nf4"})
+    with pytest.raises(ValueError, match="not both"):
+        ModelSpec(base_path="b", adapter_path="a", weights_path="w")
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def test_generate_batched_equals_unbatched(base_model: LoadedModel, prompts: list[str]):
+    lengths = {len(base_model.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts}
+    assert len(lengths) >= 4  # prompts of really different lengths, so padding is exercised
+    batched = base_model.generate(prompts, max_new_tokens=24, batch_size=3)
+    one_by_one = [base_model.generate([p], max_new_tokens=24, batch_size=1)[0] for p in prompts]
+    reference = [_reference_generate(base_model, p, 24) for p in prompts]
+    assert batched == one_by_one == reference
+    assert all(batched) and len(set(batched)) == len(batched)  # the test is not vacuous
+
+
+def test_generate_stop_strings_and_progress(base_model: LoadedModel, prompts: list[str]):
+    full = base_model.generate(prompts, max_new_tokens=24)
+    # A stop string taken from the middle of one output: that output is cut there, others are not
+    # affected unless they contain it.
+    target = full[2]
+    stop = target.split()[2]
+    calls: list[int] = []
+    cut = base_model.generate(prompts, max_new_tokens=24, batch_size=4, stop=[stop, "\n\n"], progress=calls.append)
+    expected = []
+    for text in full:
+        for s in (stop, "\n\n"):
+            text = text.split(s)[0]
+        expected.append(text.strip())
+    assert cut == expected
+    assert cut[2] != target
+    assert calls == [4, 7]
+
+
+def test_adapter_changes_outputs_and_base_comes_from_spec(
+    base_model: LoadedModel, tuned_model: LoadedModel, adapter_dir: Path, prompts: list[str]
+):
+    recorded = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert not Path(recorded).exists()
+    base_out = base_model.generate(prompts, max_new_tokens=12)
+    tuned_out = tuned_model.generate(prompts, max_new_tokens=12, batch_size=3)
+    assert sum(b != t for b, t in zip(base_out, tuned_out)) >= len(prompts) - 1
+    assert tuned_out == [_reference_generate(tuned_model, p, 12) for p in prompts]
+
+
+# --------------------------------------------------------------------------- log-likelihood
+
+
+def _direct_loglikelihood(lm: LoadedModel, context: str, continuation: str) -> tuple[float, int]:
+    tok = lm.tokenizer
+    if context:
+        whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
+        n_ctx = len(tok(context, add_special_tokens=False)["input_ids"])
+    else:
+        whole = [tok.bos_token_id] + tok(continuation, add_special_tokens=False)["input_ids"]
+        n_ctx = 1
+    with torch.inference_mode():
+        logits = lm.model(input_ids=torch.tensor([whole])).logits[0]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    total = sum(float(logp[n_ctx - 1 + j, whole[n_ctx + j]]) for j in range(len(whole) - n_ctx))
+    return total, len(whole) - n_ctx
+
+
+@pytest.mark.parametrize("which", ["base", "tuned"])
+def test_loglikelihood_batched_equals_direct(which: str, base_model: LoadedModel, tuned_model: LoadedModel):
+    lm = base_model if which == "base" else tuned_model
+    got = lm.loglikelihood(CONTEXTS, CONTINUATIONS, batch_size=2)
+    for (ll, n), ctx, cont in zip(got, CONTEXTS, CONTINUATIONS):
+        want_ll, want_n = _direct_loglikelihood(lm, ctx, cont)
+        assert n == want_n > 0
+        assert ll == pytest.approx(want_ll, abs=1e-4)
+    assert lm.loglikelihood(["abc"], [""]) == [(0.0, 0)]
+
+
+def test_loglikelihood_prefers_a_nudged_continuation(varied_base: Path, tmp_path: Path):
+    """A few optimizer steps on context + A make A outscore B (also exercises weights_path)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    context = "<|im_start|>user\nIs the sky blue?<|im_end|>\n<|im_start|>assistant\n"
+    choices = ["Yes", "No"]
+    before = load_model(ModelSpec(base_path=str(varied_base), device="cpu")).loglikelihood([context] * 2, choices)
+    target = choices[0] if before[0][0] < before[1][0] else choices[1]  # nudge toward the loser
+    tok = AutoTokenizer.from_pretrained(str(varied_base))
+    model = AutoModelForCausalLM.from_pretrained(str(varied_base), dtype=torch.float32)
+    ids = torch.tensor([tok(context + target, add_special_tokens=False)["input_ids"]])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(5):
+        opt.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+    model.save_pretrained(str(tmp_path / "full"))
+    tuned = load_model(ModelSpec(base_path=str(varied_base), weights_path=str(tmp_path / "full"), device="cpu"))
+    after = dict(zip(choices, tuned.loglikelihood([context] * 2, choices)))
+    other = choices[1] if target == choices[0] else choices[0]
+    assert after[target][0] > after[other][0]
+
+
+# --------------------------------------------------------------------------- text NLL
+
+
+def test_text_nll_matches_direct_computation(base_model: LoadedModel):
+    tok = base_model.tokenizer
+    total, count = 0.0, 0
+    for text in TEXTS:
+        ids = tok(text)["input_ids"][:16]
+        if len(ids) < 2:
+            continue
+        t = torch.tensor([ids])
+        with torch.inference_mode():
+            logits = base_model.model(input_ids=t).logits[0]
+        total += float(torch.nn.functional.cross_entropy(logits[:-1].float(), t[0, 1:], reduction="sum"))
+        count += len(ids) - 1
+    calls: list[int] = []
+    got_total, got_count = base_model.text_nll(TEXTS, max_length=16, batch_size=2, progress=calls.append)
+    assert got_count == count
+    assert got_total == pytest.approx(total, rel=1e-5)
+    assert calls[-1] == len(TEXTS)
+    assert math.isfinite(got_total / got_count)
+
+
+# --------------------------------------------------------------------------- merge and fingerprint
+
+
+def test_merge_and_save_equals_base_plus_adapter(
+    varied_base: Path, adapter_dir: Path, tuned_model: LoadedModel, prompts: list[str], tmp_path: Path
+):
+    spec = ModelSpec(base_path=str(varied_base), adapter_path=str(adapter_dir), device="cpu")
+    out = merge_and_save(spec, tmp_path / "merged")
+    assert (out / "config.json").exists() and (out / "tokenizer.json").exists()
+    assert not list(tmp_path.glob(".merged.tmp-*"))
+    with pytest.raises(FileExistsError):
+        merge_and_save(spec, out)
+    merged = load_model(ModelSpec(base_path=str(out), device="cpu"))
+    assert not hasattr(merged.model, "peft_config")
+    assert merged.generate(prompts, max_new_tokens=16) == tuned_model.generate(prompts, max_new_tokens=16)
+    a = merged.loglikelihood(CONTEXTS, CONTINUATIONS)
+    b = tuned_model.loglikelihood(CONTEXTS, CONTINUATIONS)
+    assert [x[0] for x in a] == pytest.approx([x[0] for x in b], abs=1e-3)
+
+
+def test_fingerprint_tracks_the_adapter(varied_base: Path, adapter_dir: Path, tmp_path: Path, tuned_model):
+    base_spec = ModelSpec(base_path=str(varied_base), device="cpu")
+    spec = ModelSpec(base_path=str(varied_base), adapter_path=str(adapter_dir), device="cpu")
+    fp = spec_fingerprint(spec)
+    assert fp == tuned_model.fingerprint() == spec_fingerprint(spec)
+    assert len(fp) == 16 and fp != spec_fingerprint(base_spec)
+    # Same adapter moved elsewhere, its recorded base path rewritten: same fingerprint.
+    moved = tmp_path / "moved"
+    shutil.copytree(adapter_dir, moved)
+    cfg = json.loads((moved / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "/somewhere/else"
+    (moved / "adapter_config.json").write_text(json.dumps(cfg))
+    assert spec_fingerprint(ModelSpec(base_path=str(varied_base), adapter_path=str(moved))) == fp
+    # A different adapter: a different fingerprint. Quantization and dtype count too.
+    other = _make_adapter(varied_base, tmp_path / "other", seed=1)
+    assert spec_fingerprint(ModelSpec(base_path=str(varied_base), adapter_path=str(other))) != fp
+    assert spec_fingerprint(ModelSpec(base_path=str(varied_base), adapter_path=str(adapter_dir), quantization=BNB_4BIT)) != fp
+    assert spec_fingerprint(ModelSpec(base_path=str(varied_base), dtype="bf16")) != spec_fingerprint(base_spec)
+
+
+# --------------------------------------------------------------------------- 4-bit on CPU
+
+
+@pytest.fixture(scope="session")
+def bnb_available() -> None:
+    pytest.importorskip("bitsandbytes")
+
+
+def test_4bit_load_on_cpu_matches_dequantized_weights(
+    bnb_available, varied_base: Path, adapter_dir: Path, prompts: list[str], tmp_path: Path
+):
+    """The 4-bit model computes exactly dequantize(W) @ x in float32 (as in training), with and
+    without the adapter; merging a quantized spec gives the same generations."""
+    import bitsandbytes as bnb
+
+    q = load_model(ModelSpec(base_path=str(varied_base), quantization=BNB_4BIT, device="cpu"))
+    layers = [m for m in q.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers, "nothing was quantized"
+    # Reference: a plain float32 model holding the dequantized 4-bit weights.
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(str(varied_base), dtype=torch.float32)
+    for name, module in q.model.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            w = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state).float()
+            ref.get_submodule(name).weight.data.copy_(w)
+    ids = torch.tensor([q.tokenizer(prompts[1], add_special_tokens=False)["input_ids"]])
+    with torch.inference_mode():
+        assert torch.allclose(q.model(input_ids=ids).logits, ref(input_ids=ids).logits, atol=1e-5)
+    out = q.generate(prompts, max_new_tokens=12, batch_size=3)
+    assert out == [_reference_generate(q, p, 12) for p in prompts]
+
+    spec = ModelSpec(base_path=str(varied_base), adapter_path=str(adapter_dir), quantization=BNB_4BIT, device="cpu")
+    q_tuned = load_model(spec)
+    tuned_out = q_tuned.generate(prompts, max_new_tokens=12, batch_size=3)
+    assert tuned_out != out
+    merged = load_model(ModelSpec(base_path=str(merge_and_save(spec, tmp_path / "merged_q")), device="cpu"))
+    assert merged.generate(prompts, max_new_tokens=12) == tuned_out

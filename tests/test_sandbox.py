@@ -1,0 +1,338 @@
+"""The code sandbox: outcomes, limits, and containment of hostile programs.
+
+Attacks run under three configurations: everything on (the real setting), the audit hook
+alone (hosts without namespaces or Landlock), and the kernel layers alone (the hook is
+bypassable by determined code, so the OS layers must hold on their own).
+"""
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from ftpipe import sandbox
+from ftpipe.sandbox import SandboxResult, run_many, run_python
+
+KERNEL_LAYERS = bool(sandbox._unshare_prefix() or sandbox._landlock_abi())
+
+CONFIGS = {
+    "all": {},
+    "audit_only": {"kernel_layers": False},
+    "kernel_only": {"audit_hook": False},
+}
+
+
+@pytest.fixture(params=list(CONFIGS))
+def run(request):
+    """Run a program under one layer configuration; returns (result, expect_blocked)."""
+    if request.param == "kernel_only" and not KERNEL_LAYERS:
+        pytest.skip("neither user namespaces nor Landlock are available on this host")
+
+    def _run(program: str, **kw) -> tuple[SandboxResult, bool]:
+        result = sandbox._run(program, timeout_s=5, **CONFIGS[request.param], **kw)
+        # Without the hook the OS refuses instead, which the program sees as an error.
+        return result, request.param != "kernel_only"
+
+    _run.config = request.param
+    return _run
+
+
+def _assert_contained(result: SandboxResult, expect_blocked: bool) -> None:
+    assert not result.passed
+    if expect_blocked:
+        assert result.status == "blocked", result
+        assert "ftpipe-sandbox: blocked" in result.detail
+    else:
+        assert result.status in ("failed", "blocked"), result
+
+
+@pytest.fixture
+def workdirs(monkeypatch):
+    """Records the work folders the sandbox creates, to look for leftover processes."""
+    made = []
+    real_mkdtemp = sandbox.tempfile.mkdtemp
+
+    def mkdtemp(*args, **kwargs):
+        made.append(real_mkdtemp(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(sandbox.tempfile, "mkdtemp", mkdtemp)
+    return made
+
+
+def _processes_using(folders: list[str]) -> list[int]:
+    """Pids of live processes whose command line names one of the folders."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if any(os.fsencode(folder) in cmdline for folder in folders):
+                pids.append(int(entry.name))
+    return pids
+
+
+# ---------------------------------------------------------------- ordinary outcomes
+
+
+def test_correct_program_passes():
+    program = "def add(a, b):\n    return a + b\n\nassert add(2, 3) == 5\n"
+    assert run_python(program) == SandboxResult(True, "passed", "")
+
+
+def test_failing_assert_fails():
+    result = run_python("def add(a, b):\n    return a - b\n\nassert add(2, 3) == 5\n")
+    assert (result.passed, result.status) == (False, "failed")
+    assert "AssertionError" in result.detail
+    assert "program.py" in result.detail
+
+
+def test_syntax_error_fails():
+    result = run_python("def add(a, b:\n    return a\n")
+    assert (result.passed, result.status) == (False, "failed")
+    assert "SyntaxError" in result.detail
+
+
+@pytest.mark.parametrize("exit_call", ["import sys; sys.exit(0)", "exit()", "import os; os._exit(0)"])
+def test_exiting_early_with_status_zero_does_not_pass(exit_call):
+    # Generated code that exits before the tests below it run must not count as a pass.
+    result = run_python(f"{exit_call}\nassert False, 'tests never ran'\n")
+    assert (result.passed, result.status) == (False, "failed")
+
+
+def test_main_guard_does_not_run():
+    # As in the HumanEval harness: demo code under the guard (here, reading stdin) is skipped.
+    assert run_python("if __name__ == '__main__':\n    input()\nassert 1 + 1 == 2\n").passed
+
+
+def test_standard_library_and_temp_files_work():
+    program = (
+        "import collections, json, math, re, tempfile, threading\n"
+        "with tempfile.NamedTemporaryFile('w') as f:\n    f.write('inside the work folder')\n"
+        "open('notes.txt', 'w').write('x')\n"
+        "t = threading.Thread(target=lambda: None); t.start(); t.join()\n"
+        "assert math.gcd(12, 18) == 6\n"
+    )
+    assert run_python(program).status == "passed"
+
+
+def test_input_sees_end_of_file():
+    result = run_python("input()\n")
+    assert result.status == "failed" and "EOFError" in result.detail
+
+
+# ---------------------------------------------------------------- resource limits
+
+
+def test_infinite_loop_times_out_and_is_killed(workdirs):
+    start = time.monotonic()
+    result = run_python("while True:\n    pass\n", timeout_s=1.5)
+    elapsed = time.monotonic() - start
+    assert (result.passed, result.status) == (False, "timeout")
+    assert elapsed < 1.5 + 2
+    assert workdirs and _processes_using(workdirs) == []
+
+
+def test_timeout_also_ends_threads_and_sleeps(workdirs):
+    program = (
+        "import threading, time\n"
+        "threading.Thread(target=lambda: time.sleep(60)).start()\n"
+        "time.sleep(60)\n"
+    )
+    start = time.monotonic()
+    assert run_python(program, timeout_s=1).status == "timeout"
+    assert time.monotonic() - start < 3
+    assert workdirs and _processes_using(workdirs) == []
+
+
+@pytest.mark.parametrize(
+    "program",
+    [
+        "x = bytearray(10**10)\n",
+        "x = []\nwhile True:\n    x.append(' ' * 10**6)\n",
+    ],
+    ids=["one-huge-allocation", "growing-list"],
+)
+def test_memory_bomb_is_reported_as_memory(program):
+    result = run_python(program, memory_mb=256, timeout_s=10)
+    assert (result.passed, result.status) == (False, "memory")
+
+
+def test_huge_output_is_capped():
+    result = run_python("while True:\n    print('x' * 10**6)\n", timeout_s=10)
+    assert result.status == "failed"
+    assert "File too large" in result.detail
+
+
+# ---------------------------------------------------------------- containment
+
+
+def test_write_outside_folder_is_stopped(run, tmp_path):
+    target = tmp_path / "escaped.txt"
+    result, blocked = run(f"open({str(target)!r}, 'w').write('pwned')\n")
+    _assert_contained(result, blocked)
+    assert not target.exists()
+
+
+def test_relative_path_escape_is_stopped(run, tmp_path):
+    target = tmp_path / "escaped.txt"
+    climb = "../" * 30 + str(target).lstrip("/")
+    result, blocked = run(f"open({climb!r}, 'w').write('pwned')\n")
+    _assert_contained(result, blocked)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        "import os\nos.remove(VICTIM)",
+        "import os\nos.rename(VICTIM, 'moved.txt')",
+        "import shutil\nshutil.rmtree(os.path.dirname(VICTIM))",
+        "import os\nos.truncate(VICTIM, 0)",
+        "import os\nos.chmod(VICTIM, 0o777)",
+        # A directory handle plus a relative name, which the hook could not see in os.open.
+        "import os\nfd = os.open(os.path.dirname(VICTIM), os.O_RDONLY)\n"
+        "os.open('created.txt', os.O_WRONLY | os.O_CREAT, dir_fd=fd)",
+        "import os\nos.symlink(VICTIM, 'link')\nopen('link', 'w').write('pwned')",
+        "import sqlite3\nsqlite3.connect(os.path.join(os.path.dirname(VICTIM), 'x.db')).execute('create table t(a)')",
+    ],
+    ids=["remove", "rename", "rmtree", "truncate", "chmod", "dir-fd", "symlink", "sqlite"],
+)
+def test_existing_outside_files_are_untouched(run, tmp_path, action):
+    if run.config == "kernel_only" and "chmod" in action:
+        # Landlock has no right for metadata changes, and the item keeps the evaluator's uid.
+        pytest.xfail("known gap: without the audit hook, chmod/chown/utime of the evaluator's own files")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    victim.chmod(0o600)
+    result, blocked = run(f"import os\nVICTIM = {str(victim)!r}\n{action}\n")
+    _assert_contained(result, blocked)
+    assert victim.read_text() == "precious"
+    assert victim.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["victim.txt"]
+
+
+def test_network_connect_is_stopped(run):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        program = f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\ns.sendall(b'hi')\n"
+        result, blocked = run(program)
+        _assert_contained(result, blocked)
+        listener.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nobody ever connected
+
+
+def test_udp_send_is_stopped(run):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(("127.0.0.1", 0))
+        port = receiver.getsockname()[1]
+        result, blocked = run(
+            f"import socket\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', {port}))\n"
+        )
+        if not blocked and not sandbox._unshare_prefix():
+            pytest.skip("Landlock does not cover UDP; only the network namespace does")
+        _assert_contained(result, blocked)
+        receiver.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            receiver.recv(10)
+
+
+@pytest.mark.parametrize("target", ["os.getppid()", "EVALUATOR"])
+def test_killing_the_evaluator_is_contained(run, target):
+    program = f"import os, signal\nEVALUATOR = {os.getpid()}\nos.kill({target}, signal.SIGKILL)\n"
+    result, blocked = run(program)
+    # Reaching this line means the evaluator survived; now check what the item reported.
+    if blocked:
+        assert (result.passed, result.status) == (False, "blocked")
+    elif target == "EVALUATOR" or not sandbox._unshare_prefix():
+        assert (result.passed, result.status) == (False, "failed")  # EPERM or ESRCH
+    # else: in a PID namespace getppid() is 0 and kill(0) only reaches the item's own group.
+
+
+def test_killing_the_evaluator_process_group_is_contained(run):
+    program = f"import os, signal\nos.killpg({os.getpgid(0)}, signal.SIGKILL)\n"
+    result, blocked = run(program)
+    _assert_contained(result, blocked)
+
+
+@pytest.mark.parametrize(
+    "spawn",
+    [
+        "import os\nos.system('touch ' + TARGET)",
+        "import subprocess\nsubprocess.run(['touch', TARGET])",
+        "import os\nos.execv('/usr/bin/touch', ['touch', TARGET])",
+        "import os\nos.posix_spawn('/usr/bin/touch', ['touch', TARGET], {})\nos.wait()",
+        "import os\nif os.fork() == 0:\n    open(TARGET, 'w')\n    os._exit(0)\nos.wait()",
+    ],
+    ids=["os.system", "subprocess", "exec", "posix_spawn", "fork"],
+)
+def test_starting_processes_is_stopped(run, tmp_path, spawn):
+    target = tmp_path / "spawned.txt"
+    result, blocked = run(f"TARGET = {str(target)!r}\n{spawn}\nimport time; time.sleep(0.2)\n")
+    if blocked:
+        _assert_contained(result, blocked)
+    # Without the hook a child process may start, but it inherits the kernel layers.
+    assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    "program",
+    [
+        "import ctypes\nctypes.CDLL(None).kill(1, 9)",
+        "import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))",
+    ],
+    ids=["ctypes", "raise-rlimit"],
+)
+def test_escape_hatches_are_blocked(program):
+    result = run_python(program + "\n")
+    assert (result.passed, result.status) == (False, "blocked")
+
+
+# ---------------------------------------------------------------- run_many, layers
+
+
+def test_run_many_keeps_order_and_isolates_items():
+    programs = [
+        "assert True\n",
+        "assert False\n",
+        "while True:\n    pass\n",
+        "open('/etc/ftpipe-sandbox-test', 'w')\n",
+        "assert sum(range(10)) == 45\n",
+    ]
+    results = run_many(programs, workers=3, timeout_s=1.5)
+    assert [r.status for r in results] == ["passed", "failed", "timeout", "blocked", "passed"]
+    assert not os.path.exists("/etc/ftpipe-sandbox-test")
+
+
+def test_isolation_layers_are_reported():
+    layers = sandbox.isolation_layers()
+    assert layers[:2] == ("process", "rlimits") and layers[-1] == "audit-hook"
+    assert ("namespaces" in layers) == bool(sandbox._unshare_prefix())
+    assert any(layer.startswith("landlock") for layer in layers) == bool(sandbox._landlock_abi())
+
+
+def test_work_folder_is_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(sandbox.tempfile, "tempdir", str(tmp_path))
+    assert run_python("open('scratch.txt', 'w').write('x')\n").passed
+    assert list(tmp_path.iterdir()) == []
+
+
+
+def test_detached_children_die_with_the_item(workdirs):
+    if not sandbox._unshare_prefix():
+        pytest.skip("needs the PID namespace")
+    # With the hook off, a forked child that starts its own session escapes a process-group
+    # kill; the PID namespace still ends it when the item ends.
+    program = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\ntime.sleep(0.3)\n"
+    result = sandbox._run(program, timeout_s=5, audit_hook=False)
+    assert result.status == "passed"
+    time.sleep(0.2)
+    assert workdirs and _processes_using(workdirs) == []
