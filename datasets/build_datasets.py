@@ -9,6 +9,11 @@ running the script again rewrites every file byte for byte (the test suite check
 All word lists, templates and facts below were written for ftpipe (CC0-1.0); no third-party
 data is read or copied. The CARD.md files and README.md are hand-written and not generated.
 
+In the two target datasets (ticket_routing, order_extraction) no input is an exact or near
+duplicate of another input by ftpipe's leakage rule (reimplemented below, see LEAK_NGRAM), so
+no train/validation/test split of them can leak: candidates that would break this are drawn
+again during generation, and the finished rows are checked once more before they are written.
+
 Outputs (relative to the output folder):
     ticket_routing/ticket_routing.jsonl           target task, classification
     order_extraction/order_extraction.jsonl       target task, structured extraction
@@ -53,6 +58,9 @@ INPUT_FIELD = {
     "general_instructions": "instruction",
 }
 
+# Target datasets in which no input is an exact or near duplicate of another input (so that no
+# train/validation/test split of them can leak; see NearDuplicateGuard).
+NO_NEAR_DUPLICATES = ("ticket_routing", "order_extraction")
 
 # --------------------------------------------------------------------------------------------
 # small helpers
@@ -96,6 +104,82 @@ def unique_rows(rows: list[dict], key: str) -> None:
         seen.add(k)
 
 
+# The leakage rule ftpipe applies between training rows and evaluated rows
+# (ftpipe.data.find_leaks / normalize_for_leakage), reimplemented here so that this script stays
+# stdlib-only. Text A is a duplicate of text B when both are equal after normalisation
+# (lowercase, punctuation removed, whitespace collapsed), or when at least LEAK_THRESHOLD of A's
+# distinct word LEAK_NGRAM-grams occur in B (texts shorter than LEAK_NGRAM words are compared
+# exactly only). The target datasets are built so that no row is a duplicate of any other row.
+LEAK_NGRAM = 8
+LEAK_THRESHOLD = 0.5
+
+
+def normalize_for_leakage(text: str) -> str:
+    """Same normalisation as ftpipe.data.normalize_for_leakage."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def word_ngrams(norm: str, n: int = LEAK_NGRAM) -> set[tuple[str, ...]]:
+    words = norm.split()
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+class NearDuplicateGuard:
+    """Admits a text only when it is neither an exact nor a near duplicate of any text admitted
+    before, in either direction (the new text against each old one, and each old one against
+    the new text), so that the admitted set satisfies the leakage rule pairwise."""
+
+    def __init__(self) -> None:
+        self.exact: set[str] = set()
+        self.sizes: list[int] = []
+        self.index: dict[tuple[str, ...], list[int]] = {}
+
+    def admit(self, text: str) -> bool:
+        norm = normalize_for_leakage(text)
+        if norm in self.exact:
+            return False
+        grams = word_ngrams(norm)
+        hits: dict[int, int] = {}
+        for g in grams:
+            for i in self.index.get(g, ()):
+                hits[i] = hits.get(i, 0) + 1
+        for i, count in hits.items():
+            if count / len(grams) >= LEAK_THRESHOLD or count / self.sizes[i] >= LEAK_THRESHOLD:
+                return False
+        new = len(self.sizes)
+        self.exact.add(norm)
+        self.sizes.append(len(grams))
+        for g in grams:
+            self.index.setdefault(g, []).append(new)
+        return True
+
+
+def check_no_near_duplicates(texts: list[str]) -> None:
+    """Independent re-check of a finished dataset: raises if any text is an exact or near
+    duplicate of another one."""
+    norms = [normalize_for_leakage(t) for t in texts]
+    first: dict[str, int] = {}
+    for i, norm in enumerate(norms):
+        if norm in first:
+            raise RuntimeError(f"duplicate: {texts[first[norm]]!r}, {texts[i]!r}")
+        first[norm] = i
+    grams = [word_ngrams(norm) for norm in norms]
+    index: dict[tuple[str, ...], list[int]] = {}
+    for i, gs in enumerate(grams):
+        for g in gs:
+            index.setdefault(g, []).append(i)
+    for j, gs in enumerate(grams):
+        hits: dict[int, int] = {}
+        for g in gs:
+            for i in index[g]:
+                if i != j:
+                    hits[i] = hits.get(i, 0) + 1
+        for i, count in hits.items():
+            if count / len(gs) >= LEAK_THRESHOLD:
+                raise RuntimeError(f"near duplicate ({count}/{len(gs)} {LEAK_NGRAM}-grams): "
+                                   f"{texts[j]!r} in {texts[i]!r}")
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="\n") as fh:
@@ -113,171 +197,404 @@ def write_text(path: Path, text: str) -> None:
 # 1. ticket_routing
 # --------------------------------------------------------------------------------------------
 
+# Templates below use two kinds of holes, filled per message by _tr_expand:
+#   [a|b|c]  pick one alternative (an empty alternative makes the part optional; may be nested)
+#   {slot}   a slot value drawn for this message by _tr_slots (products, dates, amounts, ...)
+# Every message is built from many small choices, so long word sequences shared by two messages
+# are rare; build_ticket_routing also rejects any message that would be an exact or near
+# duplicate of one already kept (see NearDuplicateGuard).
+
 TR_PRODUCTS = [
     "pair of wireless headphones", "coffee grinder", "standing desk", "air fryer", "yoga mat",
     "hiking backpack", "desk lamp", "electric kettle", "pair of running shoes", "winter jacket",
     "blender", "office chair", "camera bag", "rice cooker", "duvet set", "travel mug",
-    "garden hose", "toaster", "bike helmet", "wall clock",
+    "garden hose", "toaster", "bike helmet", "wall clock", "pair of hiking boots",
+    "cast-iron pan", "stand mixer", "set of kitchen knives", "desk fan", "floor lamp",
+    "bookshelf", "suitcase", "mattress topper", "pair of sunglasses", "espresso machine",
+    "electric toothbrush", "set of bath towels", "dining chair", "gaming mouse",
+    "mechanical keyboard", "picnic blanket", "water filter jug", "sewing machine",
+    "bedside table", "raincoat", "cordless drill", "baby carrier", "camping stove",
 ]
 TR_DEVICES = [
     "smart watch", "robot vacuum", "router", "tablet", "bluetooth speaker", "printer",
     "e-reader", "fitness tracker", "smart thermostat", "security camera", "laptop",
-    "doorbell camera",
+    "doorbell camera", "smart plug", "baby monitor", "smart scale", "streaming stick",
+    "soundbar", "dashcam", "smart lock", "games console", "webcam", "smart display",
+    "mesh Wi-Fi extender", "smart light strip",
 ]
-TR_TIMES = [
-    "yesterday", "last week", "three days ago", "on Monday", "this morning", "two weeks ago",
-    "last Friday", "over the weekend", "on Tuesday", "ten days ago", "last night",
-    "at the start of the month",
+TR_PHONES = [
+    "Android phone", "iPhone", "iPhone 12", "iPhone 15", "Pixel 7", "Galaxy S21",
+    "work phone", "old Android phone", "new phone",
 ]
-TR_PLANS = ["Basic", "Plus", "Premium", "Family", "Team", "Pro", "Starter"]
+TR_SYSTEMS = [
+    "Android 13", "Android 14", "iOS 17", "iOS 16.5", "Windows 11", "Windows 10",
+    "macOS Sonoma", "ChromeOS", "Ubuntu 22.04",
+]
+TR_BROWSERS = ["Chrome", "Firefox", "Safari", "Edge", "Chrome on my phone", "Safari on my iPad"]
+TR_APPS = [
+    "the mobile app", "the desktop app", "the web dashboard", "the app on my tablet",
+    "the iPhone app", "the Android app", "the browser extension", "the Windows app",
+    "the Mac app", "your app",
+]
+TR_SCREENS = ["settings", "orders", "profile", "notifications", "help", "search", "home"]
+TR_PLANS = ["Basic", "Plus", "Premium", "Family", "Team", "Pro", "Starter", "Business",
+            "Student", "Solo", "Unlimited", "Lite"]
+TR_COUNTRIES = [
+    "Norway", "Canada", "Portugal", "Japan", "Ireland", "Mexico", "Poland", "Australia",
+    "Chile", "Greece", "Iceland", "Kenya", "New Zealand", "Estonia", "Morocco", "Singapore",
+]
+TR_CITIES = [
+    "Leeds", "Bristol", "Cork", "Lyon", "Porto", "Turin", "Graz", "Ghent", "Utrecht", "Bergen",
+    "Tallinn", "Krakow", "Brno", "Denver", "Austin", "Calgary", "Perth", "Osaka", "Nairobi",
+    "Valencia", "Aarhus", "Hamburg",
+]
+TR_STREETS = [
+    "Mill Lane", "Station Road", "Harbour Street", "Elm Grove", "Church Street", "Park Avenue",
+    "Victoria Road", "Queen Street", "Orchard Close", "Kingsway", "Bridge Street", "Meadow Way",
+]
 TR_PLACES = [
     "my office", "my parents' house", "my new flat", "a pickup point near me",
     "my neighbour's address", "my work address", "the address on my account",
+    "my sister's house in {city}", "{house} {street}", "the reception desk at my office",
+    "my holiday flat in {city}", "a parcel locker on {street}",
 ]
-TR_COUNTRIES = [
-    "Norway", "Canada", "Portugal", "Japan", "Ireland", "Mexico", "Poland", "Australia",
-    "Chile", "Greece",
+TR_NAMES = [
+    "Maria", "Tom", "Aisha", "Lukas", "Priya", "Sam", "Elena", "Kofi", "Hannah", "Diego", "Mei",
+    "Oliver", "Fatima", "Jonas", "Chloe", "Ravi", "Ingrid", "Mateo", "Grace", "Yusuf", "Nora",
+    "Ben", "Sofia", "Daniel", "Amara", "Felix", "Zoe", "Omar", "Lena", "Ethan",
 ]
-TR_APPS = ["the mobile app", "the desktop app", "the web dashboard", "the app on my tablet"]
+TR_SURNAMES = [
+    "Novak", "Okafor", "Lindqvist", "Patel", "Moreau", "Brennan", "Kowalski", "Tanaka", "Silva",
+    "Fischer", "Haddad", "Murphy", "Jensen", "Rossi", "Adeyemi", "Walsh", "Costa", "Berg",
+    "Nakamura", "Dubois",
+]
+TR_MAIL_DOMAINS = ["example.com", "example.net", "example.org", "mail.example", "inbox.example"]
+TR_COMPANIES = [
+    "Brightwell Studio", "Northgate Logistics", "Harlow Dental", "Kestrel Labs", "Bluefin Design",
+    "Oakridge Bakery", "Meridian Consulting", "Larkspur Events", "Copperleaf Media",
+    "Fenwick Architects",
+]
+TR_RELATIVES = ["partner", "husband", "wife", "flatmate", "son", "daughter", "mother", "brother"]
+TR_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
+             "September", "October", "November", "December"]
+TR_WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+TR_STATUSES = ["in transit", "out for delivery", "label created", "at the sorting centre",
+               "awaiting collection", "delayed", "held at depot"]
+TR_FEES = ["service fee", "platform fee", "late payment fee", "processing fee",
+           "currency conversion fee", "admin fee"]
+TR_LANGUAGES = ["German", "Spanish", "French", "Polish", "Portuguese", "Dutch", "Italian"]
+TR_TIMES_FIXED = [
+    "yesterday", "last week", "this morning", "last night", "over the weekend",
+    "at the start of the month", "earlier today", "the day before yesterday", "a fortnight ago",
+    "last month", "just before the holidays", "at the end of last month",
+]
+
+
+def _tr_ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _tr_date(rng: random.Random) -> str:
+    day, month = rng.randint(1, 28), rng.choice(TR_MONTHS)
+    return rng.choice([f"{day} {month}", f"{month} {day}", f"the {_tr_ordinal(day)} of {month}"])
+
+
+def _tr_time(rng: random.Random) -> str:
+    """A past time phrase ("on 3 March", "last Friday", "five days ago", ...)."""
+    r = rng.random()
+    if r < 0.3:
+        return rng.choice(TR_TIMES_FIXED)
+    if r < 0.5:
+        return f"{rng.choice(['on', 'last'])} {rng.choice(TR_WEEKDAYS)}"
+    if r < 0.7:
+        n, unit = rng.choice([(rng.randint(2, 12), "days"), (rng.randint(2, 4), "weeks")])
+        return f"{number_words(n) if rng.random() < 0.6 else n} {unit} ago"
+    return f"on {_tr_date(rng)}"
+
+
+def _tr_since(rng: random.Random) -> str:
+    """A past point in time that reads after "since" or "from" ("Monday", "3 March", ...)."""
+    r = rng.random()
+    if r < 0.35:
+        return rng.choice(["yesterday", "last week", "this morning", "last night", "the weekend",
+                           "the start of the month", "last month", "earlier today"])
+    if r < 0.6:
+        return rng.choice(["", "last "]) + rng.choice(TR_WEEKDAYS)
+    return _tr_date(rng)
+
+
+def _tr_amounts(rng: random.Random) -> tuple[str, str, str]:
+    """Three different amounts in one currency: two from 5-399 (the first one higher) and a small
+    one (2-39) for fees and price drops."""
+    cur = rng.choice(["$", "€", "£"])
+    values = sorted(rng.sample(range(5, 400), 2), reverse=True) + [rng.randint(2, 39)]
+    out = []
+    for v in values:
+        if rng.random() < 0.2:
+            out.append(f"{cur}{v}")
+        else:
+            out.append(f"{cur}{v}.{rng.choice(['00', '99', '49', '50', '95', '20', '75'])}")
+    return out[0], out[1], out[2]
+
+
+def _tr_slots(rng: random.Random) -> dict[str, str]:
+    """One value for every slot a template may use (drawn fresh for each message)."""
+    amount, amount2, small = _tr_amounts(rng)
+    plan, plan2 = rng.sample(TR_PLANS, 2)
+    city, city2 = rng.sample(TR_CITIES, 2)
+    first, first2 = rng.sample(TR_NAMES, 2)
+    surname = rng.choice(TR_SURNAMES)
+    product = rng.choice(TR_PRODUCTS)
+    seats = rng.randint(2, 40)
+    nth, nth2 = rng.sample(range(1, 29), 2)
+    n_days = rng.randint(5, 14)
+
+    def email(name: str) -> str:
+        local = rng.choice([f"{name}.{surname}", f"{name}{rng.randint(1, 99)}",
+                            f"{name[0]}{surname}"])
+        return f"{local.lower()}@{rng.choice(TR_MAIL_DOMAINS)}"
+
+    def order() -> str:
+        return rng.choice(["", "#", "no. "]) + str(rng.randint(10000, 9999999))
+
+    def version() -> str:
+        major, minor, patch = rng.randint(2, 17), rng.randint(0, 12), rng.randint(1, 9)
+        return f"{major}.{minor}" + rng.choice(["", f".{patch}"])
+
+    hobby = rng.choice(["runs", "cooks", "reads", "bakes", "draws", "hikes"])
+    slots = {
+        "amount": amount, "amount2": amount2, "small": small, "plan": plan, "plan2": plan2,
+        "product": product, "product_a": f"{article(product)} {product}",
+        "device": rng.choice(TR_DEVICES), "phone": rng.choice(TR_PHONES),
+        "os": rng.choice(TR_SYSTEMS), "browser": rng.choice(TR_BROWSERS),
+        "app": rng.choice(TR_APPS), "screen": rng.choice(TR_SCREENS),
+        "time": _tr_time(rng), "since": _tr_since(rng), "date": _tr_date(rng),
+        "date2": _tr_date(rng), "month": rng.choice(TR_MONTHS), "weekday": rng.choice(TR_WEEKDAYS),
+        "year": str(rng.randint(2012, 2023)), "birth_year": str(rng.randint(1950, 2004)),
+        "order": order(), "order2": str(rng.randint(10000, 9999999)),
+        "invoice": f"INV-{rng.randint(1000, 999999)}", "ticket": f"T-{rng.randint(10000, 99999)}",
+        "city": city, "city2": city2, "country": rng.choice(TR_COUNTRIES),
+        "street": rng.choice(TR_STREETS), "house": str(rng.randint(1, 140)),
+        "status": rng.choice(TR_STATUSES), "fee": rng.choice(TR_FEES),
+        "code": rng.choice(["{}", "E{}", "E-{}", "ERR_{}"]).format(rng.randint(10, 9999)),
+        "version": version(),
+        "pct": str(rng.randint(3, 99)), "mb": str(rng.choice([5, 8, 10, 20, 25, 50, 100, 200])),
+        "n_min": str(rng.randint(2, 30)), "n_hours": number_words(rng.randint(2, 9)),
+        "n_sec": str(rng.randint(3, 45)), "n_tries": number_words(rng.randint(3, 12)),
+        "n_days": str(n_days), "n_days2": str(n_days + rng.randint(4, 30)),
+        "n_months": number_words(rng.randint(2, 18)), "n_boxes": number_words(rng.randint(3, 6)),
+        "n_times": rng.choice(["twice", "three times", "four times", "five times"]),
+        "nth": _tr_ordinal(nth), "nth2": _tr_ordinal(nth2),
+        "seats": str(seats), "seats2": str(seats + rng.randint(1, 12)),
+        "last4": f"{rng.randint(0, 9999):04d}", "last4b": f"{rng.randint(0, 9999):04d}",
+        "vat": rng.choice(["GB", "IE", "DE", "NL", "FR"]) + str(rng.randint(10**8, 10**9 - 1)),
+        "custno": f"C-{rng.randint(100000, 999999)}", "years": number_words(rng.randint(2, 15)),
+        "name": first, "name2": first2, "name_typo": first[:2] + first[1:],  # "Maria" -> "Maaria"
+        "surname": surname, "surname2": rng.choice(TR_SURNAMES),
+        "email": email(first), "email2": email(first),
+        "user": f"{first.lower()}_{hobby}{rng.randint(1, 99)}",
+        "user2": f"{first.lower()}.{surname.lower()}{rng.randint(1, 9)}",
+        "company": rng.choice(TR_COMPANIES), "relative": rng.choice(TR_RELATIVES),
+        "language": rng.choice(TR_LANGUAGES), "hour": f"{rng.randint(1, 6)} pm",
+        "km": str(rng.randint(8, 90)),
+        "tracking": f"{rng.choice(['RX', 'LP', 'CT', 'JD'])}{rng.randint(10**8, 10**9 - 1)}GB",
+        "time_future": rng.choice(["tomorrow", "this weekend", "next week", "on {weekday}",
+                                   "until {date}", "between {date} and {date2}"]),
+    }
+    slots["place"] = rng.choice(TR_PLACES).format(**slots)
+    slots["time_future"] = slots["time_future"].format(**slots)
+    return slots
+
 
 TR_CORES = {
     "billing": [
-        "I was charged {amount} twice for my {plan} subscription this month.",
-        "My latest invoice shows {amount}, but my plan is supposed to cost {amount2}.",
-        "There is a charge of {amount} on my card from {time} that I don't recognise.",
-        "My card keeps getting declined when the monthly payment is taken.",
-        "How do I change the credit card you bill every month?",
-        "Could you add our company VAT number to the invoice for order {order}?",
-        "The price of my {plan} plan went up to {amount} without any notice.",
-        "I need a copy of the invoice for the payment I made {time}.",
-        "Why am I being billed for the {plan} plan when I signed up for {plan2}?",
-        "I'd like to switch from monthly to yearly billing on my {plan} plan.",
-        "The payment for order {order} was taken from the wrong bank account.",
-        "My receipt lists {amount} in tax, which looks far too high.",
-        "I was billed {time} even though my free trial should still be running.",
-        "Can the invoice be addressed to my employer instead of to me?",
+        "[I was|I've been|I got] charged {amount} twice for my {plan} [subscription|plan|membership] [this month|in {month}|on {date}].",
+        "My [latest|most recent|{month}] invoice [shows|says|comes to] {amount}, but my {plan} plan [is supposed to|should] cost {amount2}[ a month| per month|].",
+        "There is a charge of {amount} on my [card|bank statement|credit card statement] from {since} that I don't recognise.",
+        "My [card|debit card|credit card] [keeps getting|is always] declined when [the monthly payment|the {plan} renewal|the payment for invoice {invoice}] is taken, [although|even though] [it's valid until {month}|the bank says nothing is wrong|there is money on it].",
+        "How do I change the [card|payment card|bank account] you [bill|charge] [every month|for my {plan} plan|for our {seats} seats]?",
+        "Could you add [our|my company's] VAT number, {vat}, to the invoice for order {order}?",
+        "The price of my {plan} plan went up [from {amount2} |]to {amount} [without any notice|and nobody told me|with no warning at all].",
+        "I need a [copy|PDF copy|duplicate] of the invoice for the {amount} payment I made {time}[ for our accountant| for my tax return|].",
+        "Why am I being billed for the {plan} plan when I [signed up for|chose|only ever picked] {plan2}?",
+        "I'd like to switch [from monthly to yearly billing|from yearly to monthly billing] on my {plan} plan[ before the renewal on {date}|].",
+        "The payment for order {order} was taken from [the wrong bank account|my old card ending in {last4}|my {relative}'s card instead of mine].",
+        "My receipt [for order {order}|from {since}] lists {amount2} in [tax|VAT|sales tax], which looks far too high for a {amount} [purchase|order].",
+        "I was billed {amount} {time} even though my free trial [of {plan}|] should [still be running|run until {date}].",
+        "Can the invoice for [order {order}|my {plan} plan|{invoice}] be addressed to [my employer|{company}|our company] instead of to me?",
         "Your direct debit was collected twice {time}, once for {amount} and once for {amount2}.",
-        "Is there a way to pay by bank transfer instead of by card?",
-        "The amount on my statement doesn't match the price shown at checkout.",
+        "Is there a way to pay [invoice {invoice}|for my {plan} plan|for order {order}] by [bank transfer|PayPal] instead of by card?",
+        "The amount on my statement, {amount}, doesn't match the {amount2} shown at checkout for order {order}.",
+        "We have {seats} users on the {plan} plan, but [invoice {invoice}|this month's invoice|the last invoice] charges us for {seats2}.",
+        "Could you [explain|break down] the {small} [{fee}|line called '{fee}'] on invoice {invoice}?",
+        "I was charged a late payment fee of {small} [even though|although] I paid [invoice {invoice}|my bill] on {date}.",
+        "Please [move|change] my billing date from the {nth} to the {nth2} of the month[, since that's when I get paid|].",
+        "The currency on my invoices changed from [euros|pounds|dollars] to [Swiss francs|Canadian dollars|US dollars] {time}[ without me asking|].",
+        "Does the {amount} price of the {plan} plan include [VAT|tax|sales tax], or is that added on top?",
+        "[Our finance team|My accountant|{name} in our finance team] needs every invoice from {month} onwards[ sent to {email}| in one PDF|].",
+        "Why did my {plan} bill go from {amount2} to {amount} when we only added [one user|{name} as a user|a second seat] {time}?",
     ],
     "shipping": [
-        "My {product} still hasn't arrived and it was due {time}.",
-        "The tracking for order {order} hasn't updated since {time}.",
-        "The courier says order {order} was delivered, but nothing came to my door.",
+        "My {product} [still hasn't arrived|hasn't turned up yet|is nowhere to be seen] and it was [due|supposed to arrive|expected] {time}.",
+        "The tracking for order {order} hasn't [updated|moved|changed] since {since}[ and still says '{status}'|].",
+        "The courier says order {order} was delivered {time}, but nothing came to [my door|{place}|my letterbox].",
         "Can I change the delivery address for order {order} to {place}?",
-        "Is express delivery available for the {product} I just ordered?",
-        "My parcel was left with a neighbour I have never met.",
-        "The delivery date for my {product} keeps getting pushed back.",
-        "The box with my {product} arrived completely crushed, though the item looks okay.",
-        "Which courier are you using for order {order}?",
-        "Do you deliver to {country}, and how long does it usually take?",
-        "Only one box of order {order} arrived and the second one is missing.",
-        "Could the driver bring my {product} in the afternoon instead of the morning?",
-        "My {product} seems to be stuck at customs.",
-        "The delivery note says my parcel went to the wrong town.",
-        "I won't be home {time_future}, can the parcel be held at the depot?",
-        "The tracking link for my {product} just shows an error page from the courier.",
-        "Why was my {product} sent by standard post when I chose next-day delivery?",
+        "Is [express|next-day|weekend|tracked] delivery available for the {product} I [just ordered|ordered {time}|have in my basket]?",
+        "My parcel [with the {product}|for order {order}|] was left [with a neighbour I have never met|behind the bins|in the rain on the doorstep|at the wrong house on {street}].",
+        "The delivery date for my {product} [keeps getting pushed back|has moved from {date} to {date2}|changed again {time}].",
+        "The box with my {product} arrived [completely crushed|soaked through|torn open], though the item [looks okay|seems fine|itself is undamaged].",
+        "Which courier [are you using for|is handling|will deliver] order {order}, and is there a tracking number?",
+        "Do you deliver to {country}, and how long does [it usually take|shipping to {city} take] for {product_a}?",
+        "Only [one|two] of the {n_boxes} boxes in order {order} arrived, and the rest [are missing|haven't shown up].",
+        "Could the driver [bring|deliver] my {product} [in the afternoon|after {hour}] instead of [in the morning|during my working hours]?",
+        "My {product} [seems to be stuck at customs in {country}|has been stuck at customs since {since}|has been stuck at customs for {n_days} days].",
+        "The delivery note says my parcel went to {city2}, [but I live in {city}|which is nowhere near my address in {city}].",
+        "I won't be home {time_future}, so can [the parcel|my {product}|order {order}] be held at [the depot|a pickup point|the post office]?",
+        "The tracking link for my {product} [just shows|only opens] an error page [from the courier|on their site].",
+        "Why was my {product} sent by standard post when I [chose|paid for] next-day delivery[ on order {order}|]?",
+        "The [driver|courier] [left a card saying|sent a text saying] they tried to deliver {time}, but I was home [all day|the whole time].",
+        "Order {order} [shows as|was marked] dispatched {time}, but there's no tracking number in the [email|confirmation].",
+        "Can you split order {order} so the {product} ships now and the rest [follows later|comes when it's back in stock]?",
+        "I need my {product} delivered to {place} by {date}[ for a birthday| for an event|]; is that still possible?",
+        "The parcel with order {order} is waiting at [a pickup point|a parcel locker|the depot] in {city2}, which is {km} kilometres from me.",
+        "[Your courier|The delivery van|The driver] has come {n_times} this week and [each time|every time] left [without the parcel|saying the address could not be found].",
+        "Please deliver order {order} to the side door at {house} {street}, as the front [gate|entrance] is locked.",
+        "I ordered the {product} with [two-day|express|next-day] shipping {time}, and it still hasn't left your warehouse.",
     ],
     "technical": [
-        "{app_cap} crashes every time I open the settings page.",
-        "My {device} won't connect to Wi-Fi since the latest update.",
-        "I keep getting error code {code} when I try to upload a file.",
-        "The website shows a blank page after I press the checkout button.",
-        "My {device} won't switch on even though it's fully charged.",
-        "The firmware update for my {device} has been stuck at {pct} percent for an hour.",
-        "Bluetooth pairing with my {device} fails every single time.",
-        "Notifications from {app} stopped working {time}.",
-        "Data no longer syncs between {app} and my phone.",
-        "Videos in {app} freeze after a few seconds of playback.",
-        "The screen on my {device} flickers whenever I change the brightness.",
-        "Exporting a report to PDF produces an empty file.",
-        "My {device} keeps restarting on its own every few minutes.",
-        "The search bar in {app} returns no results, even for things I know exist.",
-        "Since {time} my {device} drains its battery in about two hours.",
-        "{app_cap} shows error {code} and then closes.",
-        "The voice commands on my {device} stopped responding {time}.",
+        "{app} crashes every time I [open|go to|tap on] the {screen} [page|screen|tab][ on {os}|].",
+        "My {device} won't connect to [Wi-Fi|my home network|the 5 GHz network|my phone] since the [latest|{version}] update.",
+        "I keep getting error code {code} when I try to [upload a file|upload a photo|save my changes|open a report][ in {app}|].",
+        "The website shows a blank [page|white screen] [right after|every time] I press the [checkout|search|save|next|pay now|sign-up] button[ in {browser}| on my {phone}| on {os}|].",
+        "My {device} won't switch on even though it's [fully charged|been on the charger all night|plugged in].",
+        "The firmware update for my {device} has been stuck at {pct} percent for [an hour|{n_hours} hours|most of the day].",
+        "Bluetooth pairing [with|between my {phone} and] my {device} fails [every single time|after about {n_sec} seconds|with error {code}].",
+        "Notifications from {app} stopped working {time}[ on my {phone}|].",
+        "Data no longer syncs between {app} and my {device}[ since {since}|].",
+        "Videos in {app} freeze after [a few seconds|{n_sec} seconds|about a minute] of playback[ on {os}|].",
+        "The screen on my {device} [flickers|goes dark|turns green] whenever I [change the brightness|rotate it|open the camera].",
+        "Exporting [a report|my {month} report|the weekly summary] from {app} to [PDF|CSV|Excel] produces an empty file.",
+        "My {device} keeps restarting on its own every [few minutes|{n_min} minutes|time I open {app}].",
+        "The search bar in {app} returns no results, even for [things I know exist|items I looked at {time}].",
+        "Since {since} my {device} drains its battery in about {n_hours} hours[ instead of lasting all day|].",
+        "{app} shows error {code} and then closes[ on my {phone}| as soon as it loads|].",
+        "The voice commands on my {device} stopped responding {time}[, although the lights still come on|].",
+        "I can't install version {version} of {app} on {os}; it [stops|freezes] at {pct} percent.",
+        "The [video feed|live view] from my {device} [lags by|is delayed by] about {n_sec} seconds[ in {app}|].",
+        "My {device} shows [a red light|a blinking orange light|a spinning icon] and won't respond to [any buttons|the app|anything I press].",
+        "The [dark mode|language setting|font size] in {app} resets every time I [restart it|close it|update it].",
+        "Uploads from {app} [fail|time out] whenever the file is bigger than {mb} MB.",
+        "My {device} [loses|keeps losing] its connection to {app} [every evening|after {n_min} minutes|whenever my phone locks].",
+        "The page in {browser} [freezes|keeps reloading] when I [scroll down the {screen} page|open the {screen} tab].",
+        "After the {version} update, {app} [takes|needs] about {n_sec} seconds to open on my {phone}.",
     ],
     "account": [
-        "I forgot my password and the reset email never arrives.",
-        "How do I change the email address on my account?",
-        "My account was locked after too many sign-in attempts.",
-        "Please delete my account and all the personal data you hold about me.",
-        "I want to change the username shown on my profile.",
-        "I somehow have two accounts and would like to merge them into one.",
-        "I lost my phone and can't get the two-factor code to sign in.",
-        "Someone changed my account password without my permission.",
-        "Can I add my partner as a second user on my account?",
-        "How do I stop the newsletter emails linked to my profile?",
-        "I'd like to update the phone number registered to my account.",
-        "My profile still shows my old surname even though I changed it {time}.",
-        "Is it possible to transfer my account to a colleague who is taking over my role?",
-        "I never received the link to verify my new account.",
-        "How can I download a copy of the personal data stored in my account?",
-        "My security questions were reset and I can no longer answer them.",
-        "I want to close my old account but keep my order history.",
+        "I forgot my password and the reset [email|link] never arrives[, even after {n_tries} tries| at {email}|].",
+        "How do I change the email address on my account from {email} to {email2}?",
+        "My account was locked after [too many|{n_tries} failed] [sign-in|login] attempts[ {time}|].",
+        "Please delete my account[, {email},| ({user})|] and [all the personal data you hold about me|every bit of personal data linked to it][ by {date}|].",
+        "I want to change the username shown on my profile from {user} to {user2}.",
+        "I somehow have two accounts[, one under {email} and one under {email2},|] and would like to merge them into one.",
+        "I [lost|broke|replaced] my phone {time} and can't get the two-factor code to sign in.",
+        "Someone changed my account password {time} without my permission[, and the email now shows {email2}|].",
+        "Can I add my {relative} [{name2}|] as a second user on my account?",
+        "How do I stop the [newsletter|marketing|weekly offers] emails [linked to|sent to] {email}?",
+        "I'd like to [update|change] the phone number on my account[ from the one ending in {last4b}|] to [the new one|a new number] ending in {last4}.",
+        "My profile still shows my old surname, {surname2}, even though I changed it {time}.",
+        "Is it possible to transfer my account to [a colleague|{name2}|my replacement] who is taking over my role[ at {company}|]?",
+        "I never received the link to verify my [new account|email address|new email address, {email},][ after signing up {time}| even though I asked for it {n_times}|].",
+        "How can I [download|get|request] a copy of [the personal data|all the data|everything] [stored in my account|you've kept about me since {year}|linked to {email}]?",
+        "My security questions were reset {time} and I can no longer answer them.",
+        "I want to close my old account[, {email},|] but keep my order history[ from {year} onwards|].",
+        "I'm still signed in on [{device_a}|a laptop|my old {phone}] that I [sold|gave away|no longer have]; can you sign me out of it?",
+        "The sign-in page says {email} isn't registered, but I've had an account [since {year}|for {years} years].",
+        "Please turn off two-factor authentication on my account [for now|until I get a new SIM]; I changed [numbers|phone providers] {time}.",
+        "My profile lists my date of birth as {date} {birth_year}, which is wrong.",
+        "I got an email saying someone signed in to my account from {city} {time}, and it wasn't me.",
+        "I'd like to change the language of my account to {language}[ so my {relative} can use it too|].",
+        "How do I remove my old address on {street} from my saved addresses?",
+        "[My name|My first name] is spelled {name_typo} on my account instead of {name}; [can you fix it|how do I correct it]?",
     ],
     "refund": [
-        "I returned the {product} {time} and still haven't got my money back.",
-        "I'd like my money back for the {product} because it stopped working after a week.",
+        "I returned the {product} {time} and still haven't [got my money back|received my refund|been refunded].",
+        "I'd like my money back for the {product} because it stopped working after [a week|{n_days} days|two uses].",
         "Please cancel order {order} and return the full {amount} to me.",
-        "The {product} doesn't suit me, so I want to send it back for a full refund.",
+        "The {product} [doesn't suit me|is smaller than I expected|isn't what I ordered], so I want to send it back [for a full refund|and get my {amount} back|and have the money returned to my card].",
         "You approved my return {time}, but the {amount} hasn't reached my account yet.",
-        "I cancelled order {order} within the 14-day window and expect to be reimbursed.",
-        "The {product} arrived broken and I want my money back rather than a replacement.",
-        "Can I get a partial refund since my {product} came without its charger?",
-        "What is the status of the refund for order {order}?",
+        "I cancelled order {order} [within the 14-day window|the same day I placed it|{time}] and expect to be reimbursed[ the {amount}|].",
+        "The {product} arrived broken and I want my money back rather than a replacement[ or a repair|].",
+        "Can I get a partial refund since my {product} came without [its charger|its lid|the manual and the cable]?",
+        "What is the status of the refund for order {order}[ that I asked for {time}|]?",
         "I was promised {amount} back for the {product} I sent back {time}.",
-        "I no longer need the {product}; how do I return it and get reimbursed?",
-        "You gave me store credit, but I asked for the money to go back to my card.",
+        "I no longer need the {product}; how do I return it and get [reimbursed|my {amount} back]?",
+        "You gave me store credit[ of {amount}|], but I asked for the money to go back to my card.",
         "Only {amount2} of the {amount} I paid for the returned {product} has come back.",
-        "The return label is printed and the {product} is packed, when will I be reimbursed?",
-        "I'd like to return the unopened {product} and have the payment reversed.",
-        "The {product} was a duplicate order, so please take it back and pay me back.",
-        "My refund for the {product} was sent to an old card that is now closed.",
+        "The return label is printed and the {product} is packed, so when will I be reimbursed?",
+        "I'd like to return the unopened {product} [from order {order}|] and have the payment reversed.",
+        "The {product} was a duplicate order[ (order {order})|], so please take it back and pay me back.",
+        "My refund for the {product} was sent to an old card [that is now closed|ending in {last4}, which I no longer have].",
+        "I was charged {amount} for order {order} after I cancelled it {time}; please [refund it|refund the money|give me the money back].",
+        "The {product} I bought for {amount} [was reduced|dropped] by {small} [the next day|a week later]; can I get the difference back?",
+        "Your website says refunds take {n_days} days, and it's now been {n_days2}; where is my {amount}?",
+        "Please refund the {small} delivery charge on order {order}, since it arrived {n_days} days late.",
+        "I returned [two|three] items from order {order} but only got money back for [one of them|the {product}].",
+        "The {product} I returned on {date} was [received|signed for] by your warehouse, so please [release|process] my refund.",
+        "I want to cancel my {product} [pre-order|order] and get the {amount} deposit back.",
+        "The {product} I gave my {relative} as a [gift|present] was returned, and the {amount} should come back to me.",
     ],
 }
 
 TR_CONTEXT = {
     "billing": [
-        "I've attached a screenshot of my bank statement.",
-        "This is the second month in a row that it has happened.",
-        "Our finance team needs a corrected invoice by Friday.",
-        "I only have the one subscription with you.",
+        "I've attached a screenshot of my [bank statement|invoice|card statement][ from {month}|].",
+        "This is the [second|third] month in a row that it has happened.",
+        "Our finance team needs a corrected invoice by {weekday}.",
+        "I only have the one [subscription|plan] with you[, the {plan} plan|].",
         "The charge appeared under a name I didn't recognise at first.",
-        "Please confirm which amount will be charged next month.",
+        "Please confirm [which amount|how much] will be charged [next month|on {date}].",
+        "My card [ends in|number ends with] {last4}[, if that helps|].",
+        "Our company is {company}, [registered in {country}|based in {city}].",
     ],
     "shipping": [
-        "The tracking page just says it is in transit.",
-        "I need it before the weekend because it's a gift.",
+        "The tracking page just says '{status}'[ and nothing else|].",
+        "I need it before {weekday} because it's a [gift|birthday present|present for my {relative}].",
         "Nobody rang the bell, and there was no card through the door.",
-        "I checked with the neighbours and nobody has it.",
-        "The estimated delivery has changed three times already.",
-        "I'm happy to collect it myself if that is quicker.",
+        "I [checked with|asked] the neighbours [at number {house}|on both sides] and nobody has it.",
+        "The estimated delivery has changed {n_times} already.",
+        "I'm happy to collect it myself [from the depot in {city}|if that is quicker|on {weekday}].",
+        "The courier's phone line just plays [a recorded message|music] and then hangs up.",
+        "The tracking number is {tracking}.",
     ],
     "technical": [
-        "I've already tried restarting it twice.",
-        "I'm using the latest version on an Android phone.",
-        "It worked perfectly until the update.",
-        "Reinstalling didn't make any difference.",
-        "The same thing happens on my laptop and my phone.",
+        "I've already tried restarting it [twice|{n_times}|and unplugging it for {n_min} minutes].",
+        "I'm using version {version} on [an Android phone|an iPhone|{os}].",
+        "It worked perfectly until the [update|{version} update|update {time}].",
+        "Reinstalling [it|the app|{app}] didn't make any difference.",
+        "The same thing happens on my [laptop|tablet|work computer] and my phone.",
         "I cleared the cache as your help page suggested, with no luck.",
+        "My internet connection is fine; every other device in the house works.",
+        "The {device} is about {n_months} months old.",
     ],
     "account": [
-        "I still have access to my old email address.",
-        "I can confirm my identity with the last four digits of my card.",
-        "I've checked my spam folder as well.",
+        "I still have access to my old email address[, {email}|].",
+        "I can confirm my identity with the last four digits of my card, {last4}.",
+        "I've checked my [spam folder|spam and junk folders] as well.",
         "I'd rather not create a brand-new profile.",
         "The help page only tells me to sign in first, which I can't do.",
-        "I'm the only person who should have access.",
+        "I'm the only person who should have access[ to this account|].",
+        "My username is {user}[, if you need it|].",
+        "I signed up with {email} back in {year}.",
     ],
     "refund": [
-        "The item is still in its original packaging.",
-        "I have the return receipt from the post office.",
-        "It has now been more than ten working days.",
-        "I paid with a debit card, if that matters.",
-        "I don't want a voucher or an exchange.",
-        "The courier confirmed that you received the return.",
+        "The item is still in its original packaging[ with all the tags|].",
+        "I have the return receipt from the post office[, dated {date}|].",
+        "It has now been more than {n_days} working days.",
+        "I paid with a [debit|credit] card ending in {last4}[, if that matters|].",
+        "I don't want a [voucher|replacement] or an exchange.",
+        "The courier confirmed that you received the return {time}.",
+        "The return tracking number is {tracking}.",
+        "My order number was {order2}[, in case you need it|].",
     ],
 }
 
@@ -317,81 +634,75 @@ TR_INCIDENTAL = {
 
 TR_GENERIC = [
     "I've been a customer for {years} years.",
-    "This is quite urgent for me.",
-    "I contacted you {time} but haven't heard back.",
+    "This is quite urgent for me[ as I'm away from {date}|].",
+    "I contacted you {time} but haven't heard back[; my ticket number is {ticket}|].",
     "My customer number is {custno}.",
-    "I'd prefer an answer by email.",
+    "I'd prefer an answer by [email|phone].",
 ]
 
 TR_GREETINGS = [
-    "Hi.", "Hello.", "Hi there.", "Good morning.", "Good afternoon.", "Hello team.",
-    "Hello support.", "Hey.",
+    "Hi.", "Hello.", "Hi there.", "Good morning.", "Good afternoon.", "Good evening.",
+    "Hello team.", "Hello support.", "Hey.", "Hi, {name} here.", "Hello, this is {name}.",
+    "Hi, this is {name} {surname}.",
 ]
 
 TR_CLOSINGS = [
     "Thanks.", "Thank you.", "Thanks in advance.", "Please help.", "Could you look into this?",
     "I'd appreciate a quick reply.", "Please let me know what to do.", "Many thanks.",
-    "What are my options?", "Kind regards.",
+    "What are my options?", "Kind regards.", "Thanks, {name}.", "Best wishes, {name}.",
+    "Regards, {name} {surname}.", "Thanks for your help.",
 ]
 
+_TR_ALT = re.compile(r"\[([^\[\]]*)\]")
 
-def _tr_amount(rng: random.Random) -> str:
-    cur = rng.choice(["$", "€", "£"])
-    return f"{cur}{rng.randint(5, 240)}.{rng.choice(['00', '99', '49', '50', '95'])}"
+
+def _tr_expand(rng: random.Random, template: str, slots: dict[str, str]) -> str:
+    """Resolve [a|b] choices (innermost first), fill {slots}, tidy spaces, capitalise."""
+    text = template
+    while True:
+        m = _TR_ALT.search(text)
+        if not m:
+            break
+        text = text[:m.start()] + rng.choice(m.group(1).split("|")) + text[m.end():]
+    text = " ".join(text.format(**slots).split())
+    return cap_first(text)
 
 
 def _tr_message(rng: random.Random, label: str) -> str:
-    amount = _tr_amount(rng)
-    amount2 = _tr_amount(rng)
-    while amount2 == amount:
-        amount2 = _tr_amount(rng)
-    plan, plan2 = rng.sample(TR_PLANS, 2)
-    app = rng.choice(TR_APPS)
-    slots = {
-        "amount": amount, "amount2": amount2, "plan": plan, "plan2": plan2,
-        "product": rng.choice(TR_PRODUCTS), "device": rng.choice(TR_DEVICES),
-        "time": rng.choice(TR_TIMES), "order": str(rng.randint(10000, 99999)),
-        "place": rng.choice(TR_PLACES), "country": rng.choice(TR_COUNTRIES),
-        "code": str(rng.choice([101, 203, 404, 500, 502, 612, 740, 903, 1001, 1207])),
-        "pct": str(rng.choice([12, 37, 45, 60, 73, 88, 99])), "app": app, "app_cap": cap_first(app),
-        "years": number_words(rng.randint(2, 9)), "custno": f"C-{rng.randint(100000, 999999)}",
-        "time_future": rng.choice(["tomorrow", "on Thursday", "this weekend", "next week"]),
-    }
+    slots = _tr_slots(rng)
+    slots["device_a"] = f"{article(slots['device'])} {slots['device']}"
     parts = []
     if rng.random() < 0.35:
         parts.append(rng.choice(TR_GREETINGS))
-    parts.append(rng.choice(TR_CORES[label]).format(**slots))
+    parts.append(rng.choice(TR_CORES[label]))
     r = rng.random()
-    extra = None
     if r < 0.30:
-        extra = rng.choice(TR_CONTEXT[label])
+        parts.append(rng.choice(TR_CONTEXT[label]))
     elif r < 0.55:
-        extra = rng.choice(TR_INCIDENTAL[label])
+        parts.append(rng.choice(TR_INCIDENTAL[label]))
     elif r < 0.70:
-        extra = rng.choice(TR_GENERIC).format(**slots)
-    if extra and len(parts) < 3:
-        parts.append(extra)
+        parts.append(rng.choice(TR_GENERIC))
     if len(parts) < 3 and rng.random() < 0.5:
         parts.append(rng.choice(TR_CLOSINGS))
-    return " ".join(parts)
+    return " ".join(_tr_expand(rng, p, slots) for p in parts[:3])
 
 
 def build_ticket_routing(rng: random.Random, per_label: int = 160) -> list[dict]:
+    """Labels take turns, so each label draws from the same pool of not-yet-used wording; a
+    candidate that is an exact or near duplicate of a kept message is drawn again."""
     rows: list[dict] = []
-    seen: set[str] = set()
-    for label in TICKET_LABELS:
-        got = 0
-        tries = 0
-        while got < per_label:
-            tries += 1
-            if tries > 200_000:
-                raise RuntimeError(f"cannot make enough {label} messages")
-            msg = _tr_message(rng, label)
-            if not 10 <= len(msg.split()) <= 45 or msg.lower() in seen:
-                continue
-            seen.add(msg.lower())
+    guard = NearDuplicateGuard()
+    tries = 0
+    for _ in range(per_label):
+        for label in TICKET_LABELS:
+            while True:
+                tries += 1
+                if tries > 100_000:
+                    raise RuntimeError("cannot make enough distinct ticket messages")
+                msg = _tr_message(rng, label)
+                if 10 <= len(msg.split()) <= 45 and guard.admit(msg):
+                    break
             rows.append({"label": label, "message": msg})
-            got += 1
     rng.shuffle(rows)
     return rows
 
@@ -523,14 +834,17 @@ def _oe_row(rng: random.Random) -> dict:
 
 
 def build_order_extraction(rng: random.Random, n: int = 800) -> list[dict]:
+    """A candidate whose text is an exact or near duplicate of a kept text is drawn again."""
     rows: list[dict] = []
-    seen: set[str] = set()
+    guard = NearDuplicateGuard()
+    tries = 0
     while len(rows) < n:
+        tries += 1
+        if tries > 100_000:
+            raise RuntimeError("cannot make enough distinct order texts")
         row = _oe_row(rng)
-        if row["text"].lower() in seen:
-            continue
-        seen.add(row["text"].lower())
-        rows.append(row)
+        if guard.admit(row["text"]):
+            rows.append(row)
     return rows
 
 
@@ -2265,6 +2579,8 @@ def build_all(out: Path) -> dict[str, Path]:
     for name, offset, fn in builders:
         rows = fn(random.Random(SEED + offset))
         unique_rows(rows, INPUT_FIELD[name])
+        if name in NO_NEAR_DUPLICATES:
+            check_no_near_duplicates([row[INPUT_FIELD[name]] for row in rows])
         rel = f"{name}/{name}.jsonl"
         write_jsonl(out / rel, rows)
         written[rel] = out / rel

@@ -20,7 +20,7 @@ from typing import Any
 from ftpipe.errors import DataError
 from ftpipe.sources import detect_format, read_source
 from ftpipe.spec import LoadedSpec, PipelineSpec, TaskSpec
-from ftpipe.templates import chat_prompt, render
+from ftpipe.templates import chat_prompt, render, template_variables
 
 SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}  # Ludwig's fixed split column values
 
@@ -32,7 +32,8 @@ class EvalItem:
     task: str
     item_id: str
     prompt: str  # fully rendered model input (chat template applied where the task asks)
-    user_message: str  # the rendered user message, used by the leakage check and the report
+    user_message: str  # the rendered user message, shown in reports
+    content: str = ""  # the values the prompt template reads: what the leakage check compares
     reference: str | None = None
     answers: list[str] = field(default_factory=list)
     choices: list[str] = field(default_factory=list)
@@ -187,6 +188,13 @@ class _Renderer:
                 return name
         return None
 
+    def content(self, row: dict) -> str:
+        """The row's own text that the prompt shows (template boilerplate excluded): what leaks."""
+        if self.task.kind == "perplexity":
+            return str(row["text"])
+        names = sorted(template_variables(self.task.prompt)) or sorted(self.task.template_names())
+        return "\n".join(str(row[n]) for n in names if n in row)
+
     def training_pair(self, row: dict) -> tuple[str, str, str]:
         """(prompt, target, user_message) for training on this row."""
         t = self.task
@@ -207,9 +215,9 @@ class _Renderer:
         t = self.task
         if t.kind == "perplexity":
             text = str(row["text"])
-            return EvalItem(task=t.name, item_id=item_id, prompt="", user_message=text, text=text)
+            return EvalItem(task=t.name, item_id=item_id, prompt="", user_message=text, text=text, content=text)
         user = render(t.prompt, row)
-        item = EvalItem(task=t.name, item_id=item_id, prompt=self.wrap(user), user_message=user)
+        item = EvalItem(task=t.name, item_id=item_id, prompt=self.wrap(user), user_message=user, content=self.content(row))
         if t.kind == "multiple_choice":
             item.choices = [str(c) for c in row[t.choices]]
             item.answer_index = int(row[t.answer])
@@ -287,7 +295,7 @@ def _prepare_task(loaded: LoadedSpec, task: TaskSpec, role: str, tokenizer: Any,
         rendered = []
         for rid, row in pool:
             prompt, target, user = renderer.training_pair(row)
-            rendered.append({"prompt": prompt, "target": target, "user_message": user, "row_id": rid,
+            rendered.append({"prompt": prompt, "target": target, "user_message": user, "row_id": rid, "content": renderer.content(row),
                              "__line": row["__line"], "__source": row["__source"]})
         rendered = _drop_overlong(rendered, tokenizer, max_total, spec.data.bad_rows, task, data)
         setattr(data, split, rendered)
@@ -402,14 +410,13 @@ def find_leaks(train_texts: list[str], eval_texts: list[str], ngram: int = 8, th
 
 def _check_leakage(spec: PipelineSpec, tasks: dict[str, TaskData], train_rows: list[dict]) -> dict[str, Any]:
     cfg = spec.data.leakage
-    train_texts = [r["user_message"] + "\n" + r["target"] if r["task"] in _text_tasks(tasks) else r["user_message"]
-                   for r in train_rows]
+    train_texts = [r["content"] for r in train_rows]
     report: dict[str, Any] = {"action": cfg.action, "ngram": cfg.ngram, "threshold": cfg.near_duplicate_threshold,
                               "tasks": {}, "examples": []}
     for name, data in tasks.items():
         if not data.eval_items:
             continue
-        texts = [i.text if i.text is not None else i.user_message for i in data.eval_items]
+        texts = [i.content for i in data.eval_items]
         leaks = find_leaks(train_texts, texts, cfg.ngram, cfg.near_duplicate_threshold)
         report["tasks"][name] = {"checked": len(texts), "exact": sum(l["kind"] == "exact" for l in leaks),
                                  "near": sum(l["kind"] == "near" for l in leaks), "dropped": 0}
@@ -429,10 +436,6 @@ def _check_leakage(spec: PipelineSpec, tasks: dict[str, TaskData], train_rows: l
         raise DataError(f"leakage: evaluated items also in training ({'; '.join(parts)}); e.g. [{example['task']}] "
                         f"{example['evaluated'][:80]!r}", hint="remove them from the sources, or set data.leakage.action: drop")
     return report
-
-
-def _text_tasks(tasks: dict[str, TaskData]) -> set[str]:
-    return {n for n, t in tasks.items() if t.task.kind == "perplexity"}
 
 
 # --------------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def score_task(model: Any, task: TaskSpec, items: list[EvalItem], prompts: list[
             ppl = metrics.perplexity(sum(t for t, _ in counts), sum(n for _, n in counts))
             return TaskScores("perplexity", nll, ["" for _ in items], {"perplexity": ppl})
 
-        outputs = model.generate(prompts, max_new_tokens=gen.max_new_tokens, batch_size=ev.batch_size,
+        outputs = model.generate(prompts, max_new_tokens=task.max_new_tokens or gen.max_new_tokens, batch_size=ev.batch_size,
                                  stop=gen.stop or None, progress=reporter.update)
     finally:
         reporter.close()

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftpipe.errors import BadInputError, EvalError, ModelNotFoundError
+
 __all__ = [
     "ModelSpec",
     "LoadedModel",
@@ -66,20 +68,24 @@ _TEXT_FILES = (
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What to load.
+    """What to load: a base model, optionally with a PEFT adapter, or full fine-tuned weights.
 
-    base_path: local HF folder of the base model (also the tokenizer's source).
-    adapter_path: a PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``).
-        Its ``base_model_name_or_path`` is ignored: the base always comes from ``base_path``.
-    weights_path: a full fine-tuned HF folder, loaded instead of ``base_path`` (tokenizer from it
-        when it has one, else from ``base_path``).
-    quantization: bitsandbytes settings as in Ludwig's ``quantization`` section: ``bits`` (4 or 8),
-        ``quant_type``/``bnb_4bit_quant_type`` (default nf4), ``double_quant``/
-        ``bnb_4bit_use_double_quant`` (default True), ``compute_dtype``/``bnb_4bit_compute_dtype``
-        (default float16, Ludwig's default), ``llm_int8_threshold``, ``llm_int8_has_fp16_weight``.
-    device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
-    dtype: "auto" (bf16 on CUDA when supported, fp32 otherwise), or float32/bfloat16/float16.
-        With quantization, "auto" means the compute dtype (as Ludwig loads it).
+    Attributes:
+        base_path: Local HF folder of the base model (also the tokenizer's source).
+        adapter_path: A PEFT adapter folder (``adapter_config.json`` +
+            ``adapter_model.safetensors``, as Ludwig saves it). Its ``base_model_name_or_path``
+            is ignored: the base always comes from ``base_path``.
+        weights_path: A full fine-tuned HF folder, loaded instead of ``base_path`` (tokenizer
+            from it when it has one, else from ``base_path``).
+        quantization: bitsandbytes settings as in Ludwig's ``quantization`` section, so that an
+            adapter is scored on the quantized weights it was trained on: ``bits`` (4 or 8),
+            ``quant_type`` / ``bnb_4bit_quant_type`` (default nf4), ``double_quant`` /
+            ``bnb_4bit_use_double_quant`` (default True), ``compute_dtype`` /
+            ``bnb_4bit_compute_dtype`` (default float16, Ludwig's default),
+            ``llm_int8_threshold``, ``llm_int8_has_fp16_weight``.
+        device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
+        dtype: "auto" (bf16 on CUDA when supported, else fp32), or float32/bfloat16/float16.
+            With quantization, "auto" means the compute dtype (Ludwig loads it that way).
     """
 
     base_path: str
@@ -99,7 +105,18 @@ class ModelSpec:
 
 
 def normalize_quantization(q: dict | None) -> dict | None:
-    """Ludwig-style or short-named quantization settings -> one canonical dict (Ludwig defaults)."""
+    """Canonical bitsandbytes settings (Ludwig's key names, Ludwig's defaults filled in).
+
+    Args:
+        q: Settings with Ludwig's names or the short aliases ``quant_type``, ``double_quant``,
+            ``compute_dtype``; None or empty for no quantization.
+
+    Returns:
+        The canonical dict, or None.
+
+    Raises:
+        ValueError: An unknown key or an invalid value.
+    """
     if not q:
         return None
     aliases = {
@@ -184,11 +201,20 @@ def _has_tokenizer(folder: str) -> bool:
     return (p / "tokenizer.json").exists() or (p / "tokenizer_config.json").exists()
 
 
-def _load_tokenizer(spec: ModelSpec):
+def _tokenizer_source(spec: ModelSpec) -> str:
+    if spec.weights_path and _has_tokenizer(spec.weights_path):
+        return spec.weights_path
+    return spec.base_path
+
+
+def _load_tokenizer(spec: ModelSpec, *, for_inference: bool = True):
+    """The spec's tokenizer; for inference with a pad token (eos if it has none) and left padding."""
     from transformers import AutoTokenizer
 
-    src = spec.weights_path if spec.weights_path and _has_tokenizer(spec.weights_path) else spec.base_path
+    src = _tokenizer_source(spec)
     tok = AutoTokenizer.from_pretrained(src)
+    if not for_inference:
+        return tok
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
             raise ValueError(f"tokenizer in {src} has neither a pad nor an eos token")
@@ -203,7 +229,7 @@ def _load_tokenizer(spec: ModelSpec):
 
 def _check_folder(path: str, what: str) -> None:
     if not Path(path).is_dir():
-        raise FileNotFoundError(f"{what} folder not found: {path}")
+        raise ModelNotFoundError(f"{what} folder not found: {path}")
 
 
 # ----------------------------------------------------------------------------- fingerprint
@@ -260,11 +286,18 @@ def _adapter_summary(adapter: Path) -> dict:
 def spec_fingerprint(spec: ModelSpec) -> str:
     """A short stable hash of what ``load_model(spec)`` loads, usable before loading it.
 
-    Covers the base folder (``ftpipe.store.model_fingerprint``: config and tokenizer files plus the
-    weight hashes its ``ftpipe_model.json`` records, else weight sizes and mtimes), the adapter (its
-    config without the base path, sha256 of its weights), full weights (sha256 of every weight and
-    config file), quantization, the resolved dtype and the scoring semantics version. The device is
-    not part of it.
+    Meant as the cache key of base-model results. Covers the base folder
+    (``ftpipe.store.model_fingerprint``: config and tokenizer files plus the weight hashes its
+    ``ftpipe_model.json`` records, else weight sizes and mtimes), the adapter (its config without
+    the base path, sha256 of its weights), full weights (sha256 of every weight and config file),
+    quantization, the resolved dtype and the scoring semantics version. The device is not part
+    of it.
+
+    Args:
+        spec: What would be loaded.
+
+    Returns:
+        16 hex characters.
     """
     device = _resolve_device(spec.device)
     parts: dict[str, Any] = {
@@ -295,6 +328,12 @@ def _load_hf_model(spec: ModelSpec, device: str, dtype_name: str, *, quantize: b
     q = normalize_quantization(spec.quantization) if quantize else None
     kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype_name)}
     if q is not None:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as e:
+            raise EvalError(
+                "loading a quantized model needs bitsandbytes", hint="pip install 'bitsandbytes>=0.50'"
+            ) from e
         kwargs["quantization_config"] = _bnb_config(q)
         kwargs["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -322,7 +361,9 @@ def _disable_cpu_bf16_4bit_kernel(model) -> int:
         return 0
     n = 0
     for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        if getattr(module, "support_avx512bf16_for_cpu", False):
             module.support_avx512bf16_for_cpu = False
             n += 1
     return n
@@ -341,7 +382,23 @@ def _eos_ids(tokenizer, model) -> list[int]:
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:
-    """Load tokenizer, model (optionally quantized) and adapter; eval mode, greedy generation config."""
+    """Load the tokenizer, the model (quantized if asked) and the adapter, in eval mode.
+
+    The tokenizer pads on the left (eos stands in for a missing pad token, with a warning). The
+    model's generation config is replaced by plain greedy decoding, so that settings shipped in a
+    checkpoint's ``generation_config.json`` (sampling, repetition penalty) cannot make base and
+    tuned models decode differently.
+
+    Args:
+        spec: What to load.
+
+    Returns:
+        The loaded model.
+
+    Raises:
+        ModelNotFoundError: A folder of the spec does not exist.
+        EvalError: Quantization was asked for and bitsandbytes is missing.
+    """
     _check_folder(spec.base_path, "base model")
     device = _resolve_device(spec.device)
     dtype_name = _resolve_dtype_name(spec, device)
@@ -445,10 +502,22 @@ class LoadedModel:
     ) -> list[str]:
         """Greedy completions of fully rendered prompts, in the prompts' order.
 
-        Prompts are tokenized as-is (no special tokens added), sorted by length (longest first),
-        left-padded in batches with attention masks. Each result is the new text only, decoded
-        without special tokens, cut at the first ``stop`` string and stripped. Equal to generating
-        each prompt alone. ``progress`` gets the number of prompts finished so far.
+        Prompts are tokenized as they are (no special tokens added: the chat template is already
+        in them), sorted by length (longest first) and left-padded in batches with attention
+        masks. In float32 the results equal generating each prompt alone, token for token (in
+        bf16/fp16 padding can flip near-ties). A row stops at an eos token, at ``max_new_tokens``,
+        or once its text contains a stop string.
+
+        Args:
+            prompts: Fully rendered prompts.
+            max_new_tokens: Most tokens generated per prompt.
+            batch_size: Prompts per forward pass.
+            stop: Strings that end a completion; the text is cut before the first one found.
+            progress: Called after each batch with the number of prompts finished so far.
+
+        Returns:
+            For each prompt, only the new text, decoded without special tokens, cut at the first
+            stop string and stripped.
         """
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
@@ -513,7 +582,9 @@ class LoadedModel:
             ctx_enc, cont_enc = whole[:n_ctx], whole[n_ctx:]
         else:
             # Nothing to condition on: condition on a start token, like lm-evaluation-harness.
-            prefix = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_ids[0]
+            prefix = self.tokenizer.bos_token_id
+            if prefix is None:
+                prefix = self.eos_ids[0]
             ctx_enc, cont_enc = [int(prefix)], self._encode(continuation)
         return ctx_enc, cont_enc
 
@@ -525,12 +596,24 @@ class LoadedModel:
         batch_size: int = 16,
         progress: Callable[[int], None] | None = None,
     ) -> list[tuple[float, int]]:
-        """(sum of log-probs of the continuation's tokens given the context, number of those tokens).
+        """Log-likelihood of each continuation given its context.
 
         The continuation's tokens are the tail of ``encode(context + continuation)`` after
-        ``len(encode(context))`` tokens (lm-evaluation-harness's boundary rule, without its move of
-        trailing context whitespace, since chat-rendered contexts end in a newline). An empty
-        continuation scores (0.0, 0). Over-long inputs lose tokens from the left.
+        ``len(encode(context))`` tokens (lm-evaluation-harness's boundary rule, without its move
+        of trailing context whitespace into the continuation, since chat-rendered contexts end in
+        a newline). No special tokens are added; an empty context conditions on the BOS (else
+        eos) token. Over-long inputs lose tokens from the left. Batches are left-padded with
+        position ids taken from the attention mask, and only the continuation's logits are kept.
+
+        Args:
+            contexts: Fully rendered contexts.
+            continuations: The texts to score, one per context.
+            batch_size: Pairs per forward pass.
+            progress: Called after each batch with the number of pairs finished so far.
+
+        Returns:
+            For each pair, (sum of the continuation tokens' log-probabilities in nats, number of
+            continuation tokens); (0.0, 0) for an empty continuation.
         """
         import torch
 
@@ -585,11 +668,20 @@ class LoadedModel:
         batch_size: int = 8,
         progress: Callable[[int], None] | None = None,
     ) -> tuple[float, int]:
-        """(total negative log-likelihood in nats, number of predicted tokens) over raw texts.
+        """Total negative log-likelihood of raw texts, for perplexity = exp(nll / n).
 
         Each text is tokenized with the tokenizer's default special tokens (a BOS where the model
-        uses one), truncated to ``max_length`` tokens; every token after the first is predicted.
-        Perplexity = exp(nll / n).
+        uses one) and truncated to ``max_length`` tokens; every token after the first is
+        predicted. Texts shorter than two tokens contribute nothing.
+
+        Args:
+            texts: Raw texts (no chat template).
+            max_length: Tokens kept per text, from its start.
+            batch_size: Texts per forward pass.
+            progress: Called after each batch with the number of texts finished so far.
+
+        Returns:
+            (total negative log-likelihood in nats, number of predicted tokens).
         """
         import torch
         import torch.nn.functional as F
@@ -599,7 +691,8 @@ class LoadedModel:
         if max_length < 2:
             raise ValueError("max_length must be >= 2")
         encoded = [list(self.tokenizer(t)["input_ids"])[:max_length] for t in texts]
-        order = sorted((i for i in range(len(texts)) if len(encoded[i]) >= 2), key=lambda i: -len(encoded[i]))
+        scored = [i for i in range(len(texts)) if len(encoded[i]) >= 2]
+        order = sorted(scored, key=lambda i: -len(encoded[i]))
         total, count = 0.0, 0
         finished = len(texts) - len(order)
         for start in range(0, len(order), batch_size):
@@ -609,7 +702,8 @@ class LoadedModel:
                 logits = self.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
             for b, i in enumerate(idx):
                 n = len(encoded[i])
-                total += float(F.cross_entropy(logits[b, : n - 1].float(), input_ids[b, 1:n], reduction="sum"))
+                nll = F.cross_entropy(logits[b, : n - 1].float(), input_ids[b, 1:n], reduction="sum")
+                total += float(nll)
                 count += n - 1
             del logits
             finished += len(idx)
@@ -620,7 +714,11 @@ class LoadedModel:
     # -- identity
 
     def fingerprint(self) -> str:
-        """Short stable hash of what was loaded (see ``spec_fingerprint``)."""
+        """Short stable hash of what was loaded (see ``spec_fingerprint``).
+
+        Returns:
+            16 hex characters.
+        """
         if self._fingerprint is None:
             self._fingerprint = spec_fingerprint(self.spec)
         return self._fingerprint
@@ -638,25 +736,41 @@ def _dequantize_fresh(model, dtype) -> None:
     model.dequantize(dtype=dtype)
 
 
-def merge_and_save(spec: ModelSpec, out_dir: Path, *, dtype: str = "auto", overwrite: bool = False) -> Path:
+def merge_and_save(
+    spec: ModelSpec, out_dir: Path, *, dtype: str = "auto", overwrite: bool = False
+) -> Path:
     """Write a standalone HF folder: base + adapter merged (PEFT ``merge_and_unload``) + tokenizer.
 
-    The merge runs in float32 on the CPU. For a quantized spec the base is loaded quantized exactly
-    as for training and dequantized to float32 before merging (the weights the adapter was trained
-    against), never merged into 4-bit weights. ``dtype`` of the saved weights: "auto" keeps the base
-    checkpoint's 16-bit dtype if it has one, else float32. Built in a temporary folder next to
-    ``out_dir`` and renamed into place at the end.
+    The merge runs in float32 on the CPU. For a quantized spec the base is loaded quantized as for
+    training and dequantized to float32 before merging (exactly the weights the adapter was
+    trained against), never merged into 4-bit weights. The folder is built next to ``out_dir``
+    and renamed into place at the end.
+
+    Args:
+        spec: Base (and quantization) plus the adapter to merge.
+        out_dir: The folder to create.
+        dtype: Dtype of the saved weights: "auto" keeps the base checkpoint's 16-bit dtype if it
+            has one, else float32.
+        overwrite: Replace an existing ``out_dir``.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        ValueError: The spec has no adapter.
+        BadInputError: ``out_dir`` exists and ``overwrite`` is False.
+        ModelNotFoundError: A folder of the spec does not exist.
     """
     import torch
 
     out_dir = Path(out_dir)
     if not spec.adapter_path:
         raise ValueError("merge_and_save needs a spec with an adapter_path")
-    if out_dir.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out_dir} already exists")
-    tokenizer = _load_tokenizer(spec)
-    tokenizer.padding_side = "right"  # the saved tokenizer keeps its usual default
+    if out_dir.exists() and not overwrite:
+        raise BadInputError(
+            f"{out_dir} already exists", hint="choose another folder or pass overwrite=True"
+        )
+    tokenizer = _load_tokenizer(spec, for_inference=False)  # saved as it is, unchanged
     q = normalize_quantization(spec.quantization)
     if q is not None:
         base = _load_hf_model(spec, "cpu", q["bnb_4bit_compute_dtype"])

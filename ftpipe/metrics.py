@@ -125,7 +125,9 @@ def classification_scores(predicted: list[str | None], gold: list[str], labels: 
     from sklearn.metrics import f1_score
 
     if len(predicted) != len(gold) or not gold:
-        raise ValueError(f"need equally long, non-empty lists; got {len(predicted)} and {len(gold)}")
+        raise ValueError(
+            f"need equally long, non-empty lists; got {len(predicted)} and {len(gold)}"
+        )
     # A value outside `labels`: sklearn then counts the item as a miss of its gold class.
     missing = "\x00no-label"
     pred = [missing if p is None else p for p in predicted]
@@ -194,7 +196,9 @@ def multiple_choice_correct(
     """
     n = len(option_logliks)
     if n == 0 or len(option_lengths) != n:
-        raise ValueError(f"need one length per option; got {n} options and {len(option_lengths)} lengths")
+        raise ValueError(
+            f"need one length per option; got {n} options and {len(option_lengths)} lengths"
+        )
     if not 0 <= answer_index < n:
         raise ValueError(f"answer_index {answer_index} out of range for {n} options")
     if min(option_lengths) < 1:

@@ -11,23 +11,32 @@ count on containers being available:
 2. **Resource limits** set in the child before the untrusted code runs: address space
    (``memory_mb``), CPU seconds, size of any file written, no core dumps. ``RLIMIT_NPROC``
    is deliberately not used: root ignores it, and for other users it counts every thread
-   of the user system-wide. Process creation is stopped by layers 3 and 4 instead.
-3. **Kernel isolation, where the host offers it** (probed once and cached):
-   ``unshare --net --pid --fork --kill-child --map-root-user`` puts the item in empty
-   network and PID namespaces, so it has no network interface, cannot address processes
-   outside, and everything it started dies with it; Landlock (Linux >= 5.13) limits writes
-   to the working folder, denies TCP connect/bind (ABI >= 4) and signals to processes
-   outside the sandbox (ABI >= 6); all capabilities are dropped, so an evaluator running
-   as root does not lend root powers to the item.
+   of the user system-wide. Process creation is refused by the audit hook instead, and
+   contained by the PID namespace.
+3. **Kernel restrictions.** Always: ``no_new_privs`` and all capabilities dropped, so an
+   evaluator running as root does not lend root powers to the item. Where the host offers
+   them (probed once and cached): ``unshare --net --pid --fork --kill-child
+   --map-root-user`` puts the item in empty network and PID namespaces (no network
+   interface, no way to address outside processes, and everything it started dies with
+   it); Landlock (Linux >= 5.13) confines all writes to the working folder, denies TCP
+   connect/bind (ABI >= 4) and signals to processes outside the sandbox (ABI >= 6).
+   These hold even against code that gets past layer 4, and they are inherited by any
+   process the item manages to start.
 4. **An audit hook** (:func:`sys.addaudithook`, which cannot be removed once added) that
    ends the process at once with a dedicated exit code when the code tries: network
    (connect, bind, sendto, name lookups), process creation (subprocess, os.system, exec,
    fork, posix_spawn), signals to any other process, ctypes, raising resource limits,
    sub-interpreters, or writing, creating, removing, renaming or re-permissioning any path
    outside its working folder. This layer gives a clear "blocked" status and stands alone
-   on hosts without layer 3, but it is a guard against accidents and careless code, not a
-   proof against a determined attacker (Python code can monkeypatch modules the hook
-   relies on); the kernel layers are the real boundary.
+   on hosts without Landlock and namespaces, but it is a guard against accidents and
+   careless code, not a proof against a determined attacker (Python code can monkeypatch
+   modules the hook relies on); the kernel layers are the real boundary.
+
+Known gaps: with the audit hook bypassed, (a) chmod/chown/utime of files owned by the
+evaluator's own uid are not stopped (Landlock has no right for them); (b) without the
+namespaces, UDP is not stopped and a process that starts its own session outlives the
+item (CPU-limited by RLIMIT_CPU); (c) always, total disk use of the working folder is
+bounded only per file (RLIMIT_FSIZE) and by the time limit.
 
 Outcome mapping: exit 0 *and* the runner's completion token -> ``passed``; wall-clock
 or CPU limit -> ``timeout``; ``MemoryError`` or a SIGKILL we did not send (the kernel's
@@ -136,6 +145,7 @@ def kernel_lockdown(workdir, abi):
             _pack_ = 1
             _fields_ = [("allowed", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
+        # Landlock's syscall numbers (444-446) are the same on every architecture.
         attr = RulesetAttr(fs, net, scoped)
         size = 8 if abi < 4 else (16 if abi < 6 else 24)
         ruleset = check(libc.syscall(L(444), ctypes.byref(attr), L(size), L(0)), "create")
@@ -149,14 +159,15 @@ def kernel_lockdown(workdir, abi):
     # capset(v3 header, zeroed sets): keep the uid but no privileges, even as root.
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)
     data = (ctypes.c_uint32 * 6)()
-    check(libc.syscall(L(126), header, data), "capset")
+    check(libc.capset(header, data), "capset")
 
 
 def install_audit_hook(workdir):
     import posixpath, _posixsubprocess
     realpath, normpath, join = posixpath.realpath, posixpath.normpath, posixpath.join
     dirname, basename, isdir = posixpath.dirname, posixpath.basename, posixpath.isdir
-    readlink, write, _exit, getpid, fsdecode = os.readlink, os.write, os._exit, os.getpid, os.fsdecode
+    readlink, write, _exit = os.readlink, os.write, os._exit
+    getpid, fsdecode = os.getpid, os.fsdecode
     root = realpath(workdir)
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
     refused = {
@@ -351,11 +362,14 @@ def _wait_unreaped(pid: int, timeout_s: float) -> bool:
     return True
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the item's process group and the item itself (in case it left the group)."""
-    for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
+def _kill_group(pid: int) -> None:
+    """SIGKILL the item's process group and the item itself (in case it left the group).
+
+    Only call this while the item is still unreaped, so neither id can have been reused.
+    """
+    for kill in (os.killpg, os.kill):
         try:
-            kill()
+            kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
 
@@ -369,15 +383,18 @@ def _run(
     kernel_layers: bool = True,
 ) -> SandboxResult:
     """run_python with switches to turn layers off, so tests can check each layer alone."""
-    workdir = os.path.realpath(tempfile.mkdtemp(prefix="ftpipe-sandbox-"))
+    try:
+        workdir = os.path.realpath(tempfile.mkdtemp(prefix="ftpipe-sandbox-"))
+    except OSError as e:
+        return SandboxResult(False, "error", f"could not create a work folder: {e}")
     try:
         with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8") as f:
             f.write(program)
         prefix = _unshare_prefix() if kernel_layers else ()
         abi = _landlock_abi() if kernel_layers else 0
         cpu_s = math.ceil(timeout_s) + 1
-        cmd = [*prefix, sys.executable, "-I", "-B", "-c", _RUNNER, workdir,
-               str(memory_mb), str(cpu_s), str(_FILE_SIZE_LIMIT), str(abi), "1" if audit_hook else "0"]
+        args = [workdir, memory_mb, cpu_s, _FILE_SIZE_LIMIT, abi, int(audit_hook)]
+        cmd = [*prefix, sys.executable, "-I", "-B", "-c", _RUNNER, *map(str, args)]
         env = {
             "PATH": "/usr/bin:/bin",
             "HOME": workdir,
@@ -390,40 +407,45 @@ def _run(
         }
         token = secrets.token_hex(16)
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(
+                cmd, cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=out, stderr=err,
+                start_new_session=True, close_fds=True,
+            )
             try:
-                proc = subprocess.Popen(
-                    cmd, cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=out, stderr=err,
-                    start_new_session=True, close_fds=True,
-                )
-            except OSError as e:
-                return SandboxResult(False, "error", f"could not start the sandbox: {e}")
-            try:
-                proc.stdin.write(token.encode() + b"\n")
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass
-            try:
+                try:
+                    proc.stdin.write(token.encode() + b"\n")
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass
                 timed_out = not _wait_unreaped(proc.pid, timeout_s)
             finally:
                 # Kill the group before reaping, while the leader still holds its pid, so the
                 # group id cannot have been reused by an unrelated process. This also ends
                 # anything the item left running.
-                _kill_group(proc)
-                proc.wait()
+                _kill_group(proc.pid)
+                _, status, usage = os.wait4(proc.pid, 0)
+                proc.returncode = os.waitstatus_to_exitcode(status)
             detail = _tail(err, _DETAIL_CHARS)
             finished = _tail(out, len(token)) == token
-        return _classify(proc.returncode, timed_out, finished, detail, timeout_s)
+        cpu_limited = usage.ru_utime + usage.ru_stime >= cpu_s
+        return _classify(proc.returncode, timed_out, cpu_limited, finished, detail, timeout_s)
+    except OSError as e:
+        # The sandbox itself failed (disk full, no interpreter): not the program's fault.
+        return SandboxResult(False, "error", f"sandbox failure: {e}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _classify(rc: int, timed_out: bool, finished: bool, detail: str, timeout_s: float) -> SandboxResult:
+def _classify(
+    rc: int, timed_out: bool, cpu_limited: bool, finished: bool, detail: str, timeout_s: float
+) -> SandboxResult:
     """Map how the item ended to a SandboxResult."""
     if timed_out:
         return SandboxResult(False, "timeout", f"killed after {timeout_s:g} s\n{detail}".strip())
     if rc == 0 and finished:
         return SandboxResult(True, "passed", detail)
-    if rc == -signal.SIGXCPU:
+    if rc in (-signal.SIGXCPU, -signal.SIGKILL) and cpu_limited:
+        # Several busy threads can use up the CPU limit before the wall-clock one.
         return SandboxResult(False, "timeout", f"CPU time limit\n{detail}".strip())
     if rc == _EXIT_MEMORY or rc == -signal.SIGKILL:
         # We only send SIGKILL on timeout, so another one is the out-of-memory killer.

@@ -54,6 +54,23 @@ def peek_columns(path: Path, declared: str = "auto") -> list[str] | None:
     return None
 
 
+def text_passages(text: str, min_words: int = 12) -> list[str]:
+    """Blank-line-separated passages; a short one (a heading) is joined to the passage after it."""
+    passages, pending = [], ""
+    for block in (b.strip() for b in text.split("\n\n")):
+        if not block:
+            continue
+        block = f"{pending}\n{block}" if pending else block
+        if len(block.split()) < min_words:
+            pending = block
+            continue
+        passages.append(block)
+        pending = ""
+    if pending:
+        passages.append(pending)
+    return passages
+
+
 def read_source(path: Path | None, fmt: str = "auto", *, hub: str | None = None, split: str | None = None):
     """Read a whole source into a DataFrame; plain text becomes one row per blank-line-separated passage."""
     import pandas as pd
@@ -74,8 +91,7 @@ def read_source(path: Path | None, fmt: str = "auto", *, hub: str | None = None,
         if fmt == "parquet":
             return pd.read_parquet(path)
         if fmt == "text":
-            passages = [p.strip() for p in path.read_text(encoding="utf-8").split("\n\n")]
-            return pd.DataFrame({"text": [p for p in passages if p]})
+            return pd.DataFrame({"text": text_passages(path.read_text(encoding="utf-8"))})
         if fmt == "hf_disk":
             import datasets
 

@@ -84,6 +84,7 @@ class TaskSpec(Section):
     tests: str | None = Field(None, description="Code: Jinja template of the test code run against the generation.")
     weight: float = Field(1.0, gt=0, description="Mixing weight among training tasks.")
     max_items: int | None = Field(None, ge=1, description="Cap on evaluated items (deterministic sample).")
+    max_new_tokens: int | None = Field(None, ge=1, le=4096, description="Generation length for this task (default: generation.max_new_tokens).")
     max_train_rows: int | None = Field(None, ge=1, description="Cap on training rows taken from this task.")
     prompt_words: int = Field(8, ge=1, description="Domain adaptation: words of each passage given as the prompt.")
 

@@ -103,7 +103,8 @@ def mcnemar_exact(base_correct: Sequence[bool], tuned_correct: Sequence[bool]) -
 
     if len(base_correct) != len(tuned_correct) or len(base_correct) == 0:
         raise ValueError(
-            f"need two equally long, non-empty lists; got {len(base_correct)} and {len(tuned_correct)}"
+            "need two equally long, non-empty lists; "
+            f"got {len(base_correct)} and {len(tuned_correct)}"
         )
     b = sum(1 for x, y in zip(base_correct, tuned_correct) if x and not y)
     c = sum(1 for x, y in zip(base_correct, tuned_correct) if not x and y)

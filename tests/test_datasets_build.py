@@ -113,6 +113,58 @@ def test_ticket_routing_labels_balanced() -> None:
         assert 10 <= len(r["message"].split()) <= 45, r
 
 
+def _pairwise_leaks(texts: list[str]) -> list[tuple[str, str, str, float]]:
+    """Every (evaluated row, other row) pair that ftpipe's leakage check would flag.
+
+    Rows are split by each bit of their index, both ways round: any two different rows differ in
+    some bit, so each row is checked against every other row (never against itself), with
+    ftpipe's own find_leaks and its default settings (word 8-grams, threshold 0.5)."""
+    from ftpipe.data import find_leaks
+
+    n = len(texts)
+    found = []
+    for bit in range(max(1, (n - 1).bit_length())):
+        for side in (0, 1):
+            evaluated = [i for i in range(n) if (i >> bit) & 1 == side]
+            train = [i for i in range(n) if (i >> bit) & 1 != side]
+            for leak in find_leaks([texts[i] for i in train], [texts[i] for i in evaluated], 8, 0.5):
+                found.append((leak["kind"], texts[evaluated[leak["index"]]],
+                              texts[train[leak["train_index"]]], leak["overlap"]))
+    return found
+
+
+@pytest.mark.parametrize("name", ["ticket_routing", "order_extraction"])
+def test_target_rows_are_not_near_duplicates_of_each_other(name: str) -> None:
+    """No row is an exact or near duplicate of another, so no split can leak (ftpipe splits
+    these datasets into train/validation/test and checks evaluated rows against training rows)."""
+    texts = [r[INPUT_FIELD[name]] for r in _rows(name)]
+    leaks = _pairwise_leaks(texts)
+    assert not leaks, f"{len(leaks)} leaking rows in {name}, e.g. {leaks[:3]}"
+    # the check itself finds planted duplicates
+    longest = max(texts, key=lambda t: len(t.split()))
+    sample = texts[:100] + ([] if longest in texts[:100] else [longest])
+    planted = _pairwise_leaks(sample + [texts[0].upper() + "!", longest + " Thanks a lot."])
+    assert {(kind, text) for kind, text, _, _ in planted} >= {
+        ("exact", texts[0].upper() + "!"), ("near", longest + " Thanks a lot.")}
+
+
+def test_build_script_uses_ftpipe_leakage_rule() -> None:
+    """The build script reimplements ftpipe's normalisation and n-gram rule (it stays stdlib-only)."""
+    import runpy
+
+    from ftpipe.data import normalize_for_leakage
+
+    script_globals = runpy.run_path(str(SCRIPT), run_name="build_datasets")
+    assert (script_globals["LEAK_NGRAM"], script_globals["LEAK_THRESHOLD"]) == (8, 0.5)
+    assert script_globals["NO_NEAR_DUPLICATES"] == ("ticket_routing", "order_extraction")
+    for name in ("ticket_routing", "order_extraction"):
+        for r in _rows(name):
+            text = r[INPUT_FIELD[name]]
+            assert script_globals["normalize_for_leakage"](text) == normalize_for_leakage(text), text
+    script = SCRIPT.read_text(encoding="utf-8")
+    assert "import ftpipe" not in script and "from ftpipe" not in script
+
+
 def test_order_extraction_targets_parse() -> None:
     for r in _rows("order_extraction"):
         m = TARGET_RE.match(r["target"])

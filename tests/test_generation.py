@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
+from ftpipe.errors import BadInputError, ModelNotFoundError  # noqa: E402
 from ftpipe.generation import (  # noqa: E402
     LoadedModel,
     ModelSpec,
@@ -41,7 +42,8 @@ QUESTIONS = [
 
 CONTEXTS = [
     "The quick brown fox",
-    "<|im_start|>user\nIs this review positive or negative? Great film!<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\nIs this review positive or negative? Great film!<|im_end|>\n"
+    "<|im_start|>assistant\n",
     "A",
     "Once upon a time, in a land far away, there lived a",
     "",
@@ -82,7 +84,7 @@ def varied_base(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
     model.save_pretrained(str(out))
     for f in tiny_llama_dir.iterdir():
-        if f.name.startswith("tokenizer") or f.name in ("chat_template.jinja", "special_tokens_map.json"):
+        if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
             shutil.copy(f, out / f.name)
     return out
 
@@ -96,9 +98,8 @@ def _make_adapter(base: Path, out: Path, seed: int, *, quantized: bool = False) 
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    peft_model = get_peft_model(
-        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    )
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
     with torch.no_grad():  # make the adapter's effect clearly visible on this tiny model
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
@@ -136,7 +137,10 @@ def _reference_generate(lm: LoadedModel, prompt: str, max_new_tokens: int) -> st
     ids = torch.tensor([lm.tokenizer(prompt, add_special_tokens=False)["input_ids"]])
     with torch.inference_mode():
         out = lm.model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
         )
     new = out[0, ids.shape[1] :].tolist()
     eos = set(lm.eos_ids)
@@ -148,7 +152,10 @@ def _reference_generate(lm: LoadedModel, prompt: str, max_new_tokens: int) -> st
 
 
 def test_import_is_light():
-    code = "import sys, ftpipe.generation; print(sorted({'torch','transformers','peft'} & set(sys.modules)))"
+    code = (
+        "import sys, ftpipe.generation; "
+        "print(sorted({'torch', 'transformers', 'peft', 'ludwig'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -156,7 +163,12 @@ def test_import_is_light():
 def test_normalize_quantization_accepts_ludwig_and_short_names():
     short = normalize_quantization(BNB_4BIT)
     ludwig = normalize_quantization(
-        {"bits": 4, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": "float32"}
+        {
+            "bits": 4,
+            "bnb_4bit_quant_type": "nf4",
+            "bnb_4bit_use_double_quant": True,
+            "bnb_4bit_compute_dtype": "float32",
+        }
     )
     assert short == ludwig
     assert normalize_quantization({"bits": 4})["bnb_4bit_compute_dtype"] == "float16"  # Ludwig's default
@@ -164,6 +176,20 @@ def test_normalize_quantization_accepts_ludwig_and_short_names():
         normalize_quantization({"bits": 4, "quant_typ": "nf4"})
     with pytest.raises(ValueError, match="not both"):
         ModelSpec(base_path="b", adapter_path="a", weights_path="w")
+    with pytest.raises(ModelNotFoundError, match="base model folder not found"):
+        load_model(ModelSpec(base_path="/nonexistent/base"))
+
+
+def test_missing_pad_token_falls_back_to_eos_with_a_warning(varied_base: Path, tmp_path: Path):
+    folder = tmp_path / "nopad"
+    shutil.copytree(varied_base, folder)
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    del cfg["pad_token"]
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.warns(UserWarning, match="no pad token"):
+        lm = load_model(ModelSpec(base_path=str(folder), device="cpu"))
+    assert lm.tokenizer.pad_token == lm.tokenizer.eos_token == "<|im_end|>"
+    assert lm.tokenizer.padding_side == "left"
 
 
 # --------------------------------------------------------------------------- generation
@@ -186,7 +212,9 @@ def test_generate_stop_strings_and_progress(base_model: LoadedModel, prompts: li
     target = full[2]
     stop = target.split()[2]
     calls: list[int] = []
-    cut = base_model.generate(prompts, max_new_tokens=24, batch_size=4, stop=[stop, "\n\n"], progress=calls.append)
+    cut = base_model.generate(
+        prompts, max_new_tokens=24, batch_size=4, stop=[stop, "\n\n"], progress=calls.append
+    )
     expected = []
     for text in full:
         for s in (stop, "\n\n"):
@@ -227,7 +255,9 @@ def _direct_loglikelihood(lm: LoadedModel, context: str, continuation: str) -> t
 
 
 @pytest.mark.parametrize("which", ["base", "tuned"])
-def test_loglikelihood_batched_equals_direct(which: str, base_model: LoadedModel, tuned_model: LoadedModel):
+def test_loglikelihood_batched_equals_direct(
+    which: str, base_model: LoadedModel, tuned_model: LoadedModel
+):
     lm = base_model if which == "base" else tuned_model
     got = lm.loglikelihood(CONTEXTS, CONTINUATIONS, batch_size=2)
     for (ll, n), ctx, cont in zip(got, CONTEXTS, CONTINUATIONS):
@@ -243,7 +273,8 @@ def test_loglikelihood_prefers_a_nudged_continuation(varied_base: Path, tmp_path
 
     context = "<|im_start|>user\nIs the sky blue?<|im_end|>\n<|im_start|>assistant\n"
     choices = ["Yes", "No"]
-    before = load_model(ModelSpec(base_path=str(varied_base), device="cpu")).loglikelihood([context] * 2, choices)
+    base = load_model(ModelSpec(base_path=str(varied_base), device="cpu"))
+    before = base.loglikelihood([context] * 2, choices)
     target = choices[0] if before[0][0] < before[1][0] else choices[1]  # nudge toward the loser
     tok = AutoTokenizer.from_pretrained(str(varied_base))
     model = AutoModelForCausalLM.from_pretrained(str(varied_base), dtype=torch.float32)
@@ -254,7 +285,8 @@ def test_loglikelihood_prefers_a_nudged_continuation(varied_base: Path, tmp_path
         model(input_ids=ids, labels=ids).loss.backward()
         opt.step()
     model.save_pretrained(str(tmp_path / "full"))
-    tuned = load_model(ModelSpec(base_path=str(varied_base), weights_path=str(tmp_path / "full"), device="cpu"))
+    full = ModelSpec(base_path=str(varied_base), weights_path=str(tmp_path / "full"), device="cpu")
+    tuned = load_model(full)
     after = dict(zip(choices, tuned.loglikelihood([context] * 2, choices)))
     other = choices[1] if target == choices[0] else choices[0]
     assert after[target][0] > after[other][0]
@@ -293,17 +325,20 @@ def test_merge_and_save_equals_base_plus_adapter(
     out = merge_and_save(spec, tmp_path / "merged")
     assert (out / "config.json").exists() and (out / "tokenizer.json").exists()
     assert not list(tmp_path.glob(".merged.tmp-*"))
-    with pytest.raises(FileExistsError):
+    with pytest.raises(BadInputError, match="already exists"):
         merge_and_save(spec, out)
     merged = load_model(ModelSpec(base_path=str(out), device="cpu"))
     assert not hasattr(merged.model, "peft_config")
-    assert merged.generate(prompts, max_new_tokens=16) == tuned_model.generate(prompts, max_new_tokens=16)
+    want = tuned_model.generate(prompts, max_new_tokens=16)
+    assert merged.generate(prompts, max_new_tokens=16) == want
     a = merged.loglikelihood(CONTEXTS, CONTINUATIONS)
     b = tuned_model.loglikelihood(CONTEXTS, CONTINUATIONS)
     assert [x[0] for x in a] == pytest.approx([x[0] for x in b], abs=1e-3)
 
 
-def test_fingerprint_tracks_the_adapter(varied_base: Path, adapter_dir: Path, tmp_path: Path, tuned_model):
+def test_fingerprint_tracks_the_adapter(
+    varied_base: Path, adapter_dir: Path, tmp_path: Path, tuned_model: LoadedModel
+):
     base_spec = ModelSpec(base_path=str(varied_base), device="cpu")
     spec = ModelSpec(base_path=str(varied_base), adapter_path=str(adapter_dir), device="cpu")
     fp = spec_fingerprint(spec)
@@ -319,8 +354,12 @@ def test_fingerprint_tracks_the_adapter(varied_base: Path, adapter_dir: Path, tm
     # A different adapter: a different fingerprint. Quantization and dtype count too.
     other = _make_adapter(varied_base, tmp_path / "other", seed=1)
     assert spec_fingerprint(ModelSpec(base_path=str(varied_base), adapter_path=str(other))) != fp
-    assert spec_fingerprint(ModelSpec(base_path=str(varied_base), adapter_path=str(adapter_dir), quantization=BNB_4BIT)) != fp
-    assert spec_fingerprint(ModelSpec(base_path=str(varied_base), dtype="bf16")) != spec_fingerprint(base_spec)
+    quantized = ModelSpec(
+        base_path=str(varied_base), adapter_path=str(adapter_dir), quantization=BNB_4BIT
+    )
+    assert spec_fingerprint(quantized) != fp
+    bf16 = ModelSpec(base_path=str(varied_base), dtype="bf16")
+    assert spec_fingerprint(bf16) != spec_fingerprint(base_spec)
 
 
 # --------------------------------------------------------------------------- 4-bit on CPU
@@ -355,9 +394,15 @@ def test_4bit_load_on_cpu_matches_dequantized_weights(
     out = q.generate(prompts, max_new_tokens=12, batch_size=3)
     assert out == [_reference_generate(q, p, 12) for p in prompts]
 
-    spec = ModelSpec(base_path=str(varied_base), adapter_path=str(adapter_dir), quantization=BNB_4BIT, device="cpu")
+    spec = ModelSpec(
+        base_path=str(varied_base),
+        adapter_path=str(adapter_dir),
+        quantization=BNB_4BIT,
+        device="cpu",
+    )
     q_tuned = load_model(spec)
     tuned_out = q_tuned.generate(prompts, max_new_tokens=12, batch_size=3)
     assert tuned_out != out
-    merged = load_model(ModelSpec(base_path=str(merge_and_save(spec, tmp_path / "merged_q")), device="cpu"))
+    merged_dir = merge_and_save(spec, tmp_path / "merged_q")
+    merged = load_model(ModelSpec(base_path=str(merged_dir), device="cpu"))
     assert merged.generate(prompts, max_new_tokens=12) == tuned_out

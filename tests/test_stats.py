@@ -5,7 +5,13 @@ import math
 import numpy as np
 import pytest
 
-from ftpipe.stats import McNemarResult, forgetting, mcnemar_exact, paired_bootstrap_ci, relative_change
+from ftpipe.stats import (
+    McNemarResult,
+    forgetting,
+    mcnemar_exact,
+    paired_bootstrap_ci,
+    relative_change,
+)
 
 
 def _outcomes(both_right: int, b: int, c: int, both_wrong: int):
@@ -80,7 +86,9 @@ def test_bootstrap_higher_confidence_is_wider():
     assert lo99 < lo90 and hi90 < hi99
 
 
-@pytest.mark.parametrize("base, tuned", [([], []), ([1.0, 2.0], [1.0]), ([1.0, float("nan")], [1.0, 2.0])])
+@pytest.mark.parametrize(
+    "base, tuned", [([], []), ([1.0, 2.0], [1.0]), ([1.0, float("nan")], [1.0, 2.0])]
+)
 def test_bootstrap_rejects_bad_input(base, tuned):
     with pytest.raises(ValueError):
         paired_bootstrap_ci(base, tuned)
