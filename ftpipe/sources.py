@@ -108,12 +108,32 @@ def read_source(path: Path | None, fmt: str = "auto", *, hub: str | None = None,
     raise DataError(f"{path}: unknown format {fmt}")
 
 
+def hub_reachable(timeout_s: float = 2.0) -> bool:
+    """Whether huggingface.co answers at all (without this, the hub client retries for half a minute)."""
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
 def _read_hub(name: str, split: str | None):
+    import os
+
+    hint = "this needs network or a Hugging Face cache; save it with datasets.save_to_disk and use source.path"
+    online = hub_reachable()
     import datasets
+    import huggingface_hub.constants
+
+    if not online:  # read from the local hub cache only, without the client's retries
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+        huggingface_hub.constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True  # read at import time
 
     try:
         ds = datasets.load_dataset(name, split=split or "train")
     except Exception as e:  # the datasets library raises many types for "no network / not cached"
-        raise DataError(f"hub dataset {name}: cannot load ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
-                        hint="this needs network or a Hugging Face cache; save it with datasets.save_to_disk and use source.path") from None
+        reason = "no network and not in the hub cache" if not online else f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        raise DataError(f"hub dataset {name}: cannot load ({reason})", hint=hint) from None
     return ds.to_pandas()
