@@ -87,6 +87,17 @@ def _trainer(spec: PipelineSpec, ctx: CompileContext) -> dict[str, Any]:
     return trainer
 
 
+def _ludwig_max_new_tokens(spec: PipelineSpec, ctx: CompileContext) -> int:
+    """Generation length for Ludwig's own predict (ftpipe's evaluator generates by itself).
+
+    Ludwig treats exactly 32, its default, as "unset" and replaces it with a length of its own choosing
+    (schema/model_types/utils.py `_set_generation_max_new_tokens`), so 32 is sent as 33.
+    """
+    longest_task = max([t.max_new_tokens or 0 for t in spec.all_tasks()] + [spec.generation.max_new_tokens])
+    wanted = max(longest_task, ctx.max_target_tokens)
+    return 33 if wanted == 32 else wanted
+
+
 def compile_spec(spec: PipelineSpec, ctx: CompileContext) -> dict[str, Any]:
     """Build the Ludwig config for a spec. Pure: same inputs, same dict."""
     config: dict[str, Any] = {
@@ -99,7 +110,7 @@ def compile_spec(spec: PipelineSpec, ctx: CompileContext) -> dict[str, Any]:
         # Prompts arrive fully rendered (chat template included): Ludwig's template passes them through.
         "prompt": {"template": "{" + INPUT_FEATURE + "}"},
         "trainer": _trainer(spec, ctx),
-        "generation": {"do_sample": False, "max_new_tokens": spec.generation.max_new_tokens},
+        "generation": {"do_sample": False, "max_new_tokens": _ludwig_max_new_tokens(spec, ctx)},
         "preprocessing": {
             "split": {"type": "fixed", "column": SPLIT_COLUMN},
             "global_max_sequence_length": ctx.max_prompt_tokens + ctx.max_target_tokens,
