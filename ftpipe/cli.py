@@ -109,11 +109,11 @@ def compile_cmd(
 
 
 @app.command()
-def schema() -> None:
+def schema(markdown: bool = typer.Option(False, "--markdown", help="A field reference table instead of JSON Schema.")) -> None:
     """Print the JSON Schema of pipeline specs (for editors' YAML autocompletion)."""
-    from ftpipe.spec import spec_json_schema
+    from ftpipe.spec import spec_json_schema, spec_reference_markdown
 
-    typer.echo(json.dumps(spec_json_schema(), indent=2))
+    typer.echo(spec_reference_markdown() if markdown else json.dumps(spec_json_schema(), indent=2))
 
 
 @app.command()
@@ -171,6 +171,23 @@ def report(run_ref: str = typer.Argument(..., help="Run id or folder."), runs_di
     from ftpipe.runs import find_run
 
     _guard(lambda: typer.echo(rerender(find_run(run_ref, runs_dir))))
+
+
+@app.command()
+def compare(run_a: str = typer.Argument(..., help="The reference run (e.g. the promoted one)."),
+            run_b: str = typer.Argument(..., help="The candidate run."), runs_dir: Optional[Path] = RootOption) -> None:
+    """Compare two tuned runs on the same items: B minus A, with paired CIs and McNemar's test."""
+    from ftpipe.compare import compare_runs
+    from ftpipe.report import summary_table
+
+    def body():
+        result = compare_runs(run_a, run_b, runs_dir)
+        typer.echo(f"A = {result['a']}, B = {result['b']} (delta = B - A)")
+        typer.echo(summary_table(result, labels=("a", "b")))
+        if result["regressions"]:
+            typer.echo(f"significantly worse on: {', '.join(result['regressions'])}")
+
+    _guard(body)
 
 
 @runs_app.command("list")
