@@ -127,7 +127,7 @@ def _read_task(loaded: LoadedSpec, task: TaskSpec) -> dict[str, list[tuple[int, 
     src = task.source
     out: dict[str, list[tuple[int, dict]]] = {}
     if src.hub is not None:
-        out["all"] = list(enumerate(_records(read_source(None, hub=src.hub, split=src.split)), start=1))
+        out["all"] = list(enumerate(_records(read_source(None, hub=src.hub, split=src.split)), start=1))  # noqa
         return out
     origins = {"all": src.path} if src.path else {"train": src.train, "validation": src.validation, "test": src.test}
     for origin, rel in origins.items():
@@ -135,8 +135,9 @@ def _read_task(loaded: LoadedSpec, task: TaskSpec) -> dict[str, list[tuple[int, 
             continue
         path = loaded.resolve(rel)
         fmt = detect_format(path, src.format)
-        first_line = {"csv": 2, "tsv": 2}.get(fmt, 1)  # a CSV's header is line 1
-        df = read_source(path, fmt, split=src.split)
+        has_header = src.read_options.get("header", "infer") is not None
+        first_line = 2 if fmt in ("csv", "tsv") and has_header else 1  # a CSV's header is line 1
+        df = read_source(path, fmt, split=src.split, options=src.read_options)
         out[origin] = [(i + first_line, r) for i, r in enumerate(_records(df))]
     return out
 
@@ -184,7 +185,9 @@ class _Renderer:
     def check_fields(self, row: dict) -> str | None:
         """The first missing or empty field a template needs, or None."""
         for name in sorted(self.task.template_names()):
-            if name not in row or _bad_value(row[name]):
+            if name not in row or row[name] is None:
+                return name
+            if name not in self.task.optional_fields and _bad_value(row[name]):
                 return name
         return None
 
@@ -204,7 +207,7 @@ class _Renderer:
             return head, " ".join(words[t.prompt_words:]), head
         user = render(t.prompt, row)
         if t.kind == "multiple_choice":
-            target = str(list(row[t.choices])[int(row[t.answer])])
+            target = t.choices_of(row)[int(row[t.answer])]
         elif t.target is not None:
             target = render(t.target, row)
         else:
@@ -219,7 +222,7 @@ class _Renderer:
         user = render(t.prompt, row)
         item = EvalItem(task=t.name, item_id=item_id, prompt=self.wrap(user), user_message=user, content=self.content(row))
         if t.kind == "multiple_choice":
-            item.choices = [str(c) for c in row[t.choices]]
+            item.choices = t.choices_of(row)
             item.answer_index = int(row[t.answer])
             item.reference = item.choices[item.answer_index]
         else:

@@ -71,7 +71,8 @@ def text_passages(text: str, min_words: int = 12) -> list[str]:
     return passages
 
 
-def read_source(path: Path | None, fmt: str = "auto", *, hub: str | None = None, split: str | None = None):
+def read_source(path: Path | None, fmt: str = "auto", *, hub: str | None = None, split: str | None = None,
+                options: dict | None = None):
     """Read a whole source into a DataFrame; plain text becomes one row per blank-line-separated passage."""
     import pandas as pd
 
@@ -81,15 +82,19 @@ def read_source(path: Path | None, fmt: str = "auto", *, hub: str | None = None,
     if not path.exists():
         raise DataError(f"{path}: no such file", hint="check source.path (relative to the spec file)")
     fmt = detect_format(path, fmt)
+    opts = dict(options or {})
     try:
         if fmt == "jsonl":
-            return pd.read_json(path, lines=True, dtype=False)
+            return pd.read_json(path, lines=True, dtype=False, **opts)
         if fmt == "json":
-            return pd.read_json(path, dtype=False)
+            return pd.read_json(path, dtype=False, **opts)
         if fmt in ("csv", "tsv"):
-            return pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False)
+            opts = {"sep": "\t" if fmt == "tsv" else ",", "dtype": str, "keep_default_na": False, **opts}
+            if "sep" in (options or {}) and len(opts["sep"]) > 1:
+                opts.setdefault("engine", "python")  # regex separators need pandas' python parser
+            return pd.read_csv(path, **opts)
         if fmt == "parquet":
-            return pd.read_parquet(path)
+            return pd.read_parquet(path, **opts)
         if fmt == "text":
             return pd.DataFrame({"text": text_passages(path.read_text(encoding="utf-8"))})
         if fmt == "hf_disk":
@@ -103,7 +108,7 @@ def read_source(path: Path | None, fmt: str = "auto", *, hub: str | None = None,
             return ds.to_pandas()
     except DataError:
         raise
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, TypeError) as e:
         raise DataError(f"{path}: cannot read as {fmt}: {str(e).splitlines()[0]}", hint="check the file or source.format") from None
     raise DataError(f"{path}: unknown format {fmt}")
 

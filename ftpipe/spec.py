@@ -48,6 +48,8 @@ class SourceSpec(Section):
     train: str | None = Field(None, description="Explicit training split file (instead of hashing rows into splits).")
     validation: str | None = Field(None, description="Explicit validation split file.")
     test: str | None = Field(None, description="Explicit test split file.")
+    read_options: dict[str, Any] = Field(
+        default_factory=dict, description="Extra keyword arguments for the pandas reader (e.g. sep, names, header).")
 
     @model_validator(mode="after")
     def _one_origin(self) -> SourceSpec:
@@ -77,11 +79,13 @@ class TaskSpec(Section):
     chat_template: bool = Field(True, description="Wrap the prompt in the base model's own chat template.")
     system_prompt: str | None = Field(None, description="System message for the chat template (model default if unset).")
     labels: list[str] | None = Field(None, description="Label set of a classification task.")
-    choices: str | None = Field(None, description="Multiple choice: the field holding the list of options.")
+    choices: str | list[str] | None = Field(
+        None, description="Multiple choice: the field holding the list of options, or a list of fields, one option each.")
     answer: str | None = Field(
         None, description="Multiple choice: field with the correct option index; contains: field with accepted answers."
     )
     tests: str | None = Field(None, description="Code: Jinja template of the test code run against the generation.")
+    optional_fields: list[str] = Field(default_factory=list, description="Fields allowed to be empty (others must hold text).")
     weight: float = Field(1.0, gt=0, description="Mixing weight among training tasks.")
     max_items: int | None = Field(None, ge=1, description="Cap on evaluated items (deterministic sample).")
     max_new_tokens: int | None = Field(None, ge=1, le=4096, description="Generation length for this task (default: generation.max_new_tokens).")
@@ -120,8 +124,18 @@ class TaskSpec(Section):
         for text in (self.prompt, self.target, self.tests):
             if text:
                 names |= template_variables(text)
-        names |= {n for n in (self.choices, self.answer) if n}
+        names |= {n for n in (self.answer,) if n}
+        names |= set([self.choices] if isinstance(self.choices, str) else self.choices or [])
         return names
+
+    def choices_of(self, row: dict) -> list[str]:
+        """The options of a multiple-choice row."""
+        if isinstance(self.choices, list):
+            return [str(row[name]) for name in self.choices]
+        value = row[self.choices]
+        if isinstance(value, str):
+            value = json.loads(value)  # CSV cells hold lists as JSON text
+        return [str(c) for c in value]
 
 
 class MixingSpec(Section):
@@ -637,7 +651,7 @@ def check_references(loaded: LoadedSpec, locations: dict, overrides: dict) -> li
         first = src.path or src.train
         if first is None or not loaded.resolve(first).exists():
             continue
-        columns = peek_columns(loaded.resolve(first), src.format)
+        columns = None if src.read_options else peek_columns(loaded.resolve(first), src.format)
         if columns is None:  # format whose columns are only known after a full read
             continue
         available = set(columns) | set(task.fields)
