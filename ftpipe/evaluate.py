@@ -46,7 +46,7 @@ class TaskScores:
 
 def extract_code(text: str) -> str:
     """The Python code in a generation: the first fenced block if there is one, else the text."""
-    match = re.search(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", text, flags=re.S)
+    match = re.search(r"```(?:python|py)?\s*\n(.*?)(?:```|\Z)", text, flags=re.S)
     return match.group(1) if match else text
 
 

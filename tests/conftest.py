@@ -46,3 +46,14 @@ def ftpipe_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (wheels / real_wheel.name).symlink_to(real_wheel)
     monkeypatch.setenv("FTPIPE_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_runs(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    """Two finished, evaluated runs of the tiny LoRA spec (different seeds): (runs root, [run A, run B])."""
+    from ftpipe.train import run_pipeline
+
+    root = tmp_path_factory.mktemp("runs")
+    spec = Path(__file__).parent / "fixtures" / "specs" / "tiny_lora.yaml"
+    runs = [run_pipeline(spec, ["training.max_steps=4", f"training.seed={seed}"], root).run_dir for seed in (1, 2)]
+    return root, runs
