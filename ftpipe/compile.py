@@ -110,7 +110,9 @@ def compile_spec(spec: PipelineSpec, ctx: CompileContext) -> dict[str, Any]:
         # Prompts arrive fully rendered (chat template included): Ludwig's template passes them through.
         "prompt": {"template": "{" + INPUT_FEATURE + "}"},
         "trainer": _trainer(spec, ctx),
-        "generation": {"do_sample": False, "max_new_tokens": _ludwig_max_new_tokens(spec, ctx)},
+        # temperature unset: Ludwig's default 0.1 with greedy decoding is a GenerationConfig that
+        # transformers refuses to save, which breaks saving a fully fine-tuned model.
+        "generation": {"do_sample": False, "temperature": None, "max_new_tokens": _ludwig_max_new_tokens(spec, ctx)},
         "preprocessing": {
             "split": {"type": "fixed", "column": SPLIT_COLUMN},
             "global_max_sequence_length": ctx.max_prompt_tokens + ctx.max_target_tokens,

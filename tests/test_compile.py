@@ -45,7 +45,7 @@ def test_compile_is_pure_and_explicit(tiny_llama_dir):
     assert first["preprocessing"]["split"] == {"type": "fixed", "column": "split"}
     assert first["input_features"][0]["preprocessing"]["max_sequence_length"] == 40
     assert first["preprocessing"]["global_max_sequence_length"] == 46
-    assert first["generation"] == {"do_sample": False, "max_new_tokens": 33}  # 32 means "unset" to Ludwig
+    assert first["generation"] == {"do_sample": False, "temperature": None, "max_new_tokens": 33}  # 32 means "unset" to Ludwig
 
 
 ADAPTERS = st.one_of(

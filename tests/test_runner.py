@@ -96,7 +96,8 @@ def test_sigkill_mid_training_then_rerun_resumes_and_finishes(tmp_path, tiny_lla
     manifest = load_manifest(run_dir)
     assert manifest.status == "succeeded" and manifest.attempts == 2
     progress = json.loads((run_dir / "training/_ludwig/experiment_run/model/training_progress.json").read_text())
-    assert progress["epoch"] == 6  # it finished all epochs
+    rows = json.loads((run_dir / "data_summary.json").read_text())["mixture"]["colors"]["rows"]
+    assert progress["steps"] == 6 * -(-rows // 8)  # it finished all 6 epochs
 
 
 def test_second_run_of_locked_pipeline_exits_with_lock_code(tmp_path, tiny_llama_dir):
