@@ -41,6 +41,10 @@ def main_options(
 ) -> None:
     """Declarative LLM fine-tuning on Ludwig, with base-versus-tuned evaluation."""
     _state["debug"] = debug
+    if not debug:
+        from ftpipe.console import quiet_libraries
+
+        quiet_libraries()
 
 
 def _guard(fn: Callable[[], int | None]) -> None:

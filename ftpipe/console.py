@@ -8,6 +8,25 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 
+def quiet_libraries() -> None:
+    """Silence the libraries' own progress bars and advisory warnings: ftpipe reports progress itself.
+
+    Sets environment variables and logger levels only, so it imports nothing heavy.
+    """
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+
+
 def is_interactive() -> bool:
     """A person is watching: stderr is a terminal."""
     return sys.stderr.isatty()

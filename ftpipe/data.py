@@ -228,6 +228,7 @@ class _Renderer:
         else:
             item.reference = render(t.target, row) if t.target else None
             item.answers = [str(a) for a in _as_list(row[t.answer])] if t.answer else ([item.reference] if item.reference else [])
+            item.reference = item.reference or (item.answers[0] if item.answers else None)
         if t.tests:
             item.tests = render(t.tests, row)
         return item

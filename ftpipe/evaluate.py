@@ -217,7 +217,8 @@ def loss_curves(training_stats: dict) -> dict[str, list[float]]:
     """Training and validation loss per checkpoint, from Ludwig's training_statistics.json."""
     curves = {}
     for split in ("training", "validation"):
-        losses = training_stats.get(split, {}).get("combined", {}).get("loss", [])
+        combined = training_stats.get(split, {}).get("combined", {})
+        losses = combined.get("loss", []) if isinstance(combined, dict) else combined  # both shapes occur
         if losses:
             curves[split] = [float(x) for x in losses]
     return curves

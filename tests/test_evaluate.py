@@ -107,3 +107,11 @@ def test_report_table_and_markdown():
     assert "| h | held_out | contains | 10 | 1.000 | 0.900 |" in table and "+10.0%" in table
     md = render_markdown(report)
     assert "## Items that flipped from right to wrong" in md and "no sign of over- or underfitting" in md
+
+
+def test_loss_curves_read_both_shapes_of_ludwig_statistics():
+    from ftpipe.evaluate import loss_curves
+
+    nested = {"training": {"combined": {"loss": [2.0, 1.0]}}, "validation": {"combined": {"loss": [2.1, 1.2]}}}
+    flat = {"training": {"combined": [2.0, 1.0]}, "validation": {"combined": [2.1, 1.2]}, "test": {}}
+    assert loss_curves(nested) == loss_curves(flat) == {"training": [2.0, 1.0], "validation": [2.1, 1.2]}
