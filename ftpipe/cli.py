@@ -138,12 +138,16 @@ def data(spec: Path = typer.Argument(..., help="Pipeline spec YAML."),
 @app.command()
 def run(spec: Path = typer.Argument(..., help="Pipeline spec YAML."), set_: Optional[list[str]] = SetOption,
         runs_dir: Optional[Path] = RootOption,
-        no_eval: bool = typer.Option(False, "--no-eval", help="Train only; evaluate later with `ftpipe eval`.")) -> None:
-    """Fine-tune and evaluate: data, compile, train with Ludwig, base-versus-tuned report."""
+        no_eval: bool = typer.Option(False, "--no-eval", help="Train only; evaluate later with `ftpipe eval`."),
+        if_changed: bool = typer.Option(False, "--if-changed", help="Do nothing when spec and data equal the last successful run's.")) -> None:
+    """Fine-tune and evaluate: data, compile, train with Ludwig, base-versus-tuned report, gates, promotion."""
     from ftpipe.train import run_pipeline
 
     def body():
-        result = run_pipeline(spec, set_, runs_dir, evaluate=not no_eval)
+        result = run_pipeline(spec, set_, runs_dir, evaluate=not no_eval, if_changed=if_changed)
+        if result.skipped:
+            typer.echo(f"nothing to do: {result.skipped}")
+            return
         if result.report:
             from ftpipe.report import summary_table
 
@@ -194,10 +198,26 @@ def compare(run_a: str = typer.Argument(..., help="The reference run (e.g. the p
     _guard(body)
 
 
+@app.command()
+def promote(run_ref: str = typer.Argument(..., help="Run id or folder."), runs_dir: Optional[Path] = RootOption) -> None:
+    """Make a run the pipeline's promoted model (the `promoted` pointer)."""
+    from ftpipe.promotion import promote as promote_run
+
+    _guard(lambda: typer.echo(f"promoted {promote_run(run_ref, runs_dir)}"))
+
+
+@app.command()
+def rollback(pipeline: str = typer.Argument(..., help="Pipeline name."), runs_dir: Optional[Path] = RootOption) -> None:
+    """Point the pipeline's `promoted` pointer back at the previously promoted run."""
+    from ftpipe.promotion import rollback as rollback_pipeline
+
+    _guard(lambda: typer.echo(f"promoted {rollback_pipeline(pipeline, runs_dir)}"))
+
+
 @runs_app.command("list")
 def runs_list(pipeline: Optional[str] = typer.Argument(None), runs_dir: Optional[Path] = RootOption) -> None:
     """Runs, newest first: id, status, key numbers."""
-    from ftpipe.runs import display_status, list_runs
+    from ftpipe.runs import display_status, list_runs, promoted_run
 
     def body():
         rows = list_runs(runs_dir, pipeline)
@@ -206,7 +226,10 @@ def runs_list(pipeline: Optional[str] = typer.Argument(None), runs_dir: Optional
         for run_dir, m in rows:
             s = m.summary
             extra = f"learned {s['learned']}/{s['target_tasks']}, forgot {s['forgot']}/{s['held_out_tasks']}" if s else ""
-            typer.echo(f"{m.pipeline:20} {m.run_id:28} {display_status(run_dir, m):12} {m.adapter or '':6} {extra}")
+            if s and "gates_passed" in s:
+                extra += ", gates " + ("passed" if s["gates_passed"] else "FAILED")
+            star = "*" if promoted_run(m.pipeline, run_dir.parent.parent) == run_dir else " "
+            typer.echo(f"{star} {m.pipeline:20} {m.run_id:28} {display_status(run_dir, m):12} {m.adapter or '':6} {extra}")
 
     _guard(body)
 

@@ -492,8 +492,7 @@ def prepare_data(loaded: LoadedSpec, tokenizer: Any, context_length: int) -> Pre
     lengths = _lengths(tokenizer, train_rows, tasks, spec)
     few_shot = {t.task.name: [{"user": r["user_message"], "target": r["target"]} for r in t.train[: spec.evaluation.few_shot]]
                 for t in targets} if spec.evaluation.few_shot else {}
-    input_hashes = _input_hashes(loaded)
-    fingerprint = hashlib.sha256(json.dumps({"spec": loaded.spec_hash(), "inputs": input_hashes}, sort_keys=True).encode()).hexdigest()
+    input_hashes, fingerprint = data_fingerprint(loaded)
     return PreparedData(tasks=tasks, train_rows=train_rows, mixture=mixture, leakage=leakage, lengths=lengths,
                         fingerprint=fingerprint, input_hashes=input_hashes, few_shot=few_shot)
 
@@ -527,6 +526,13 @@ def _lengths(tokenizer: Any, train_rows: list[dict], tasks: dict[str, TaskData],
         "max_total_tokens": max(r["tokens"] for r in train_rows),
         "max_new_tokens": spec.generation.max_new_tokens,
     }
+
+
+def data_fingerprint(loaded: LoadedSpec) -> tuple[dict[str, str], str]:
+    """(sha256 of every input file, one fingerprint of spec + inputs): what `--if-changed` compares."""
+    hashes = _input_hashes(loaded)
+    blob = json.dumps({"spec": loaded.spec_hash(), "inputs": hashes}, sort_keys=True).encode()
+    return hashes, hashlib.sha256(blob).hexdigest()
 
 
 def _input_hashes(loaded: LoadedSpec) -> dict[str, str]:

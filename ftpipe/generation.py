@@ -56,14 +56,6 @@ _DTYPE_NAMES = {
     "half": "float16",
 }
 
-_TEXT_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-)
 
 
 @dataclass(frozen=True)
@@ -252,13 +244,13 @@ def _sha256_bytes(data: bytes) -> str:
 
 def _weights_folder_summary(folder: Path) -> dict:
     """A full fine-tuned folder: its small text files and every weight file, by content."""
-    from ftpipe.store import WEIGHT_SUFFIXES
+    from ftpipe.store import FINGERPRINT_TEXT_FILES, WEIGHT_SUFFIXES
 
     out: dict[str, Any] = {}
     for p in sorted(folder.iterdir()):
         if not p.is_file():
             continue
-        if p.name.endswith(WEIGHT_SUFFIXES) or p.name in _TEXT_FILES:
+        if p.name.endswith(WEIGHT_SUFFIXES) or p.name in FINGERPRINT_TEXT_FILES:
             out[p.name] = _sha256_file(p)
     return out
 

@@ -203,7 +203,7 @@ def list_runs(root: Path | None = None, pipeline: str | None = None) -> list[tup
         if not pdir.is_dir():
             continue
         for run_dir in pdir.iterdir():
-            if (run_dir / MANIFEST).exists():
+            if not run_dir.is_symlink() and (run_dir / MANIFEST).exists():  # `promoted` is a pointer, not a run
                 try:
                     found.append((run_dir, load_manifest(run_dir)))
                 except ValueError:
@@ -241,3 +241,29 @@ def resumable_run(pipeline: str, spec_hash: str, root: Path | None = None) -> Pa
             continue
         return run_dir if manifest.status == "running" else None
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# Promotion: an atomic pointer to the run in service
+# --------------------------------------------------------------------------------------------
+
+PROMOTED = "promoted"
+
+
+def promoted_run(pipeline: str, root: Path | None = None) -> Path | None:
+    """The run folder the pipeline's `promoted` pointer names, if any."""
+    link = pipeline_dir(pipeline, root) / PROMOTED
+    if not link.is_symlink():
+        return None
+    target = link.parent / os.readlink(link)
+    return target if target.exists() else None
+
+
+def set_promoted(run_dir: Path) -> None:
+    """Point `<pipeline>/promoted` at a run: a new symlink renamed over the old one, never half-written."""
+    pdir = run_dir.parent
+    tmp = pdir / f".{PROMOTED}.tmp{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(run_dir.name, tmp)
+    os.replace(tmp, pdir / PROMOTED)

@@ -79,7 +79,7 @@ RECORD_FILE = "ftpipe_model.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt")
 # Small files hashed by content in a fingerprint besides config.json: a changed tokenizer or pad
 # setting changes what training sees even when the weights do not change.
-_FINGERPRINT_TEXT_FILES = (
+FINGERPRINT_TEXT_FILES = (
     "config.json",
     "generation_config.json",
     "tokenizer.json",
@@ -299,7 +299,7 @@ def model_fingerprint(path: str | Path) -> str:
         raise ModelNotFoundError(f"not a model folder (no config.json): {path}")
     recorded = (_read_record(path).get("weights") or {}) if (path / RECORD_FILE).is_file() else {}
     h = hashlib.sha256()
-    for name in _FINGERPRINT_TEXT_FILES:
+    for name in FINGERPRINT_TEXT_FILES:
         p = path / name
         if p.is_file():
             h.update(f"file {name} {_sha256_file(p)}\n".encode())

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftpipe import console
-from ftpipe.errors import BadInputError, FtpipeError, TrainError
+from ftpipe.errors import BadInputError, FtpipeError, GateFailedError, TrainError
 from ftpipe.paths import runs_root
 from ftpipe.runs import (
     Manifest,
@@ -25,9 +25,12 @@ from ftpipe.runs import (
     new_run_id,
     now_iso,
     package_versions,
+    list_runs,
     pipeline_dir,
+    promoted_run,
     resumable_run,
     save_manifest,
+    set_promoted,
     write_json_atomic,
     write_text_atomic,
 )
@@ -38,9 +41,10 @@ from ftpipe.spec import LoadedSpec, QloraAdapter, load_spec
 class RunResult:
     """What `ftpipe run` returns: the run folder, its manifest and the evaluation report (if any)."""
 
-    run_dir: Path
-    manifest: Manifest
+    run_dir: Path | None
+    manifest: Manifest | None
     report: dict | None
+    skipped: str | None = None  # why nothing ran (--if-changed)
 
 
 def resolve_device(requested: str) -> str:
@@ -74,17 +78,43 @@ def _context_length(model_path: str) -> int:
 
 
 def run_pipeline(spec_path: Path, overrides: list[str] | None = None, root: Path | None = None,
-                 evaluate: bool = True) -> RunResult:
-    """Run a whole pipeline; resume the newest killed run of the same spec if there is one."""
+                 evaluate: bool = True, if_changed: bool = False) -> RunResult:
+    """Run a whole pipeline; resume the newest killed run of the same spec if there is one.
+
+    Args:
+        spec_path: The spec file.
+        overrides: `--set` overrides.
+        root: Root of run folders.
+        evaluate: Evaluate (and apply gates) after training.
+        if_changed: Do nothing when spec and data equal those of the last successful run.
+
+    Raises:
+        GateFailedError: the tuned model failed a quality gate (exit code 3); it was not promoted.
+    """
     loaded = load_spec(spec_path, overrides)
     spec = loaded.spec
     root = root or runs_root()
     lock = PipelineLock(pipeline_dir(spec.name, root))
     lock.acquire(f"{spec.name} from {spec_path}")
     try:
+        if if_changed:
+            unchanged = _unchanged_since(loaded, root)
+            if unchanged is not None:
+                return RunResult(None, None, None, skipped=f"unchanged since run {unchanged}: spec and data are the same")
         return _run_locked(loaded, root, evaluate)
     finally:
         lock.release()
+
+
+def _unchanged_since(loaded: LoadedSpec, root: Path) -> str | None:
+    """The id of the last successful run when spec and data fingerprint are the same, else None."""
+    from ftpipe.data import data_fingerprint
+
+    _, fingerprint = data_fingerprint(loaded)
+    for _, manifest in list_runs(root, loaded.spec.name):
+        if manifest.status == "succeeded":
+            return manifest.run_id if manifest.data_fingerprint == fingerprint else None
+    return None
 
 
 def _run_locked(loaded: LoadedSpec, root: Path, evaluate: bool) -> RunResult:
@@ -114,6 +144,9 @@ def _run_locked(loaded: LoadedSpec, root: Path, evaluate: bool) -> RunResult:
                             adapter=spec.adapter.type, versions=package_versions(), git_commit=git_commit(loaded.base_dir))
         console.log(f"run {run_id} -> {run_dir}")
     save_manifest(run_dir, manifest)
+    from ftpipe import history
+
+    history.record_run(manifest, run_dir)
     try:
         report = _stages(loaded, run_dir, manifest, base_path, device, evaluate)
     except BaseException as e:  # KeyboardInterrupt too: the run must not stay "running"
@@ -121,13 +154,31 @@ def _run_locked(loaded: LoadedSpec, root: Path, evaluate: bool) -> RunResult:
         manifest.error = e.one_line() if isinstance(e, FtpipeError) else f"{type(e).__name__}: {e}"
         manifest.finished_at = now_iso()
         save_manifest(run_dir, manifest)
+        history.record_run(manifest, run_dir)
         (run_dir / "error.txt").write_text(traceback.format_exc())
         raise
+    gates = report.get("gates") if report else None
     manifest.status = "succeeded"
     manifest.finished_at = now_iso()
     save_manifest(run_dir, manifest)
+    history.record_run(manifest, run_dir, metrics=manifest.summary, gates=gates)
     console.log(f"run {manifest.run_id} succeeded: {run_dir}")
+    if report is not None:
+        _promote_or_refuse(run_dir, manifest, gates)
     return RunResult(run_dir=run_dir, manifest=manifest, report=report)
+
+
+def _promote_or_refuse(run_dir: Path, manifest: Manifest, gates: dict) -> None:
+    """Promote a run that passed every gate; otherwise leave the promoted model alone and raise."""
+    from ftpipe import history
+
+    if not gates["passed"]:
+        failed = [g["gate"] for g in gates["results"] if not g["passed"]]
+        raise GateFailedError(f"run {manifest.run_id} failed quality gates: {', '.join(failed)}; nothing promoted",
+                              hint=f"see {run_dir / 'report.md'}")
+    set_promoted(run_dir)
+    history.record_promotion(manifest.pipeline, manifest.run_id, "promoted", now_iso())
+    console.log(f"promoted {manifest.run_id}")
 
 
 def _stages(loaded: LoadedSpec, run_dir: Path, manifest: Manifest, base_path: str, device: str, evaluate: bool) -> dict | None:
@@ -170,8 +221,28 @@ def _stages(loaded: LoadedSpec, run_dir: Path, manifest: Manifest, base_path: st
 
         with console.stage("evaluate", timings):
             report = evaluate_run(run_dir, loaded=loaded, prepared=prepared, base_path=base_path, device=device)
-        manifest.summary = report.get("summary", {})
+            report["gates"] = _judge_gates(loaded, run_dir, report)
+            from ftpipe.report import write_report
+
+            write_report(run_dir, report)
+        manifest.summary = {**report.get("summary", {}), "gates_passed": report["gates"]["passed"]}
     return report
+
+
+def _judge_gates(loaded: LoadedSpec, run_dir: Path, report: dict) -> dict:
+    from ftpipe.gates import evaluate_gates
+
+    gates = loaded.spec.gates
+    regression = None
+    promoted = promoted_run(loaded.spec.name, run_dir.parent.parent)
+    if gates.no_regression_vs_promoted and promoted is not None:
+        from ftpipe.compare import compare_runs
+
+        regression = compare_runs(str(promoted), str(run_dir))
+    outcome = evaluate_gates(gates, report, regression)
+    for result in outcome["results"]:
+        console.log(f"gate {'PASS' if result['passed'] else 'FAIL'} {result['gate']}: {result['detail']}")
+    return outcome
 
 
 def _train(config: dict, frame, run_dir: Path, spec, manifest: Manifest) -> Path:

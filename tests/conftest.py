@@ -22,6 +22,14 @@ def _pull_real(name: str) -> Path:
             pytest.skip(f"cannot pull {name} (no network or registry?): {exc.one_line()}")
 
 
+@pytest.fixture(autouse=True)
+def isolated_history(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test (and the processes it starts) records runs in its own history database."""
+    path = tmp_path_factory.mktemp("history") / "history.sqlite"
+    monkeypatch.setenv("FTPIPE_HISTORY_DB", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The real store's smollm2-135m-instruct folder (pulled and converted once, ~30 s)."""

@@ -71,7 +71,7 @@ def _wait_for(predicate, timeout: float) -> bool:
     return False
 
 
-def test_sigkill_mid_training_then_rerun_resumes_and_finishes(tmp_path, tiny_llama_dir):
+def test_sigkill_mid_training_then_rerun_resumes_and_finishes(tmp_path, tiny_llama_dir, isolated_history):
     """Kill a run after its first Ludwig checkpoint; the rerun resumes that run folder and succeeds."""
     args = ["run", str(TINY), "--runs-dir", str(tmp_path), "--no-eval",
             "--set", "training.epochs=6", "--set", "training.checkpoints_per_epoch=2"]
@@ -83,6 +83,13 @@ def test_sigkill_mid_training_then_rerun_resumes_and_finishes(tmp_path, tiny_lla
     [(run_dir, manifest)] = list_runs(tmp_path)
     assert manifest.status == "running" and display_status(run_dir, manifest) == "interrupted"
     assert not (run_dir / "report.json").exists()
+    import sqlite3
+
+    from ftpipe import history
+
+    with sqlite3.connect(isolated_history) as conn:  # the history survives the kill, intact
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert [(r["run_id"], r["status"]) for r in history.runs("tiny-lora")] == [(run_dir.name, "running")]
 
     rerun = _ftpipe(*args, "--set", "training.max_steps=1")  # a different spec hash: starts a new run
     rerun.communicate(timeout=600)
