@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 from ftpipe.errors import DataError
@@ -125,20 +126,41 @@ def hub_reachable(timeout_s: float = 2.0) -> bool:
 
 
 def _read_hub(name: str, split: str | None):
-    import os
-
     hint = "this needs network or a Hugging Face cache; save it with datasets.save_to_disk and use source.path"
     online = hub_reachable()
     import datasets
-    import huggingface_hub.constants
-
-    if not online:  # read from the local hub cache only, without the client's retries
-        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
-        huggingface_hub.constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True  # read at import time
 
     try:
-        ds = datasets.load_dataset(name, split=split or "train")
+        if online:
+            ds = datasets.load_dataset(name, split=split or "train")
+        else:
+            with _hub_offline():  # read from the local hub cache only, without the client's retries
+                ds = datasets.load_dataset(name, split=split or "train")
     except Exception as e:  # the datasets library raises many types for "no network / not cached"
         reason = "no network and not in the hub cache" if not online else f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
         raise DataError(f"hub dataset {name}: cannot load ({reason})", hint=hint) from None
     return ds.to_pandas()
+
+
+@contextmanager
+def _hub_offline():
+    """Offline mode for the hub clients, restored afterwards (they read it at import time, and
+    leaving it on would leak into everything else the process loads)."""
+    import os
+
+    import datasets
+    import huggingface_hub.constants
+
+    saved_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    saved = (huggingface_hub.constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE)
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+    huggingface_hub.constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        huggingface_hub.constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -262,3 +262,14 @@ def test_fingerprint_changes_with_data_and_spec(tmp_path, tokenizer):
     write_jsonl(src, ROWS)
     respec = prepare_data(load_spec(spec_file(tmp_path, str(src)), ["training.epochs=7"]), tokenizer, 2048).fingerprint
     assert first == again and changed != first and respec != first
+
+
+def test_offline_hub_attempt_leaves_no_global_state():
+    import os
+
+    import huggingface_hub.constants
+
+    before = (os.environ.get("HF_HUB_OFFLINE"), huggingface_hub.constants.HF_HUB_OFFLINE)
+    with pytest.raises(DataError):
+        read_source(None, hub="nobody/no-such-dataset-ftpipe")
+    assert (os.environ.get("HF_HUB_OFFLINE"), huggingface_hub.constants.HF_HUB_OFFLINE) == before
