@@ -86,24 +86,32 @@ def train_flops_per_token(cfg, seq_len: int, method: str) -> float:
 # ------------------------------------------------------------------------------ one config (worker)
 
 
-def run_one(model_path: str, method: str, steps: int, warmup: int, batch_size: int, seq_len: int) -> dict:
+def run_one(model_path: str, method: str, steps: int, warmup: int, batch_size: int, seq_len: int, dev: str = "cuda") -> dict:
+    """One (model, method) in the reference loop. `dev` is cuda; cpu exists only to smoke-test this code."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    cuda = dev == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
     torch.manual_seed(0)
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     cfg = AutoConfig.from_pretrained(model_path)
     t0 = time.perf_counter()
     if method == "qlora":
         from transformers import BitsAndBytesConfig
 
         model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=torch.bfloat16, device_map={"": 0},
+            model_path, dtype=torch.bfloat16, device_map={"": 0} if cuda else None,
             quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                                    bnb_4bit_compute_dtype=torch.bfloat16))
     else:
         dtype = torch.float32 if method == "full" else torch.bfloat16
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to("cuda")
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(dev)
     if method != "full":
         from peft import LoraConfig, get_peft_model
 
@@ -112,38 +120,37 @@ def run_one(model_path: str, method: str, steps: int, warmup: int, batch_size: i
     model.train()
     load_s = time.perf_counter() - t0
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4 if method == "full" else 1e-3, fused=True)
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    ids = torch.randint(0, cfg.vocab_size, (steps + warmup, batch_size, seq_len), device="cuda", generator=gen)
+    optimizer = torch.optim.AdamW(params, lr=1e-4 if method == "full" else 1e-3, fused=cuda)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    ids = torch.randint(0, cfg.vocab_size, (steps + warmup, batch_size, seq_len), device=dev, generator=gen)
     losses = []
-    times = []
+    t_start = time.perf_counter()
     for i in range(steps + warmup):
         if i == warmup:
-            torch.cuda.synchronize()
+            sync()
             t_start = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(dev, dtype=torch.bfloat16):
             loss = model(input_ids=ids[i], labels=ids[i]).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if i >= warmup:
             losses.append(loss.detach())
-    torch.cuda.synchronize()
+    sync()
     seconds = time.perf_counter() - t_start
     tokens = steps * batch_size * seq_len
     tps = tokens / seconds
-    name = torch.cuda.get_device_name(0)
-    peak, peak_src = peak_bf16_flops(name)
+    name = torch.cuda.get_device_name(0) if cuda else "cpu"
+    peak, peak_src = peak_bf16_flops(name) if cuda else (None, "cpu smoke test")
     fpt = train_flops_per_token(cfg, seq_len, method)
-    del times
     return {
         "model_path": model_path, "method": method, "device": name,
         "params_total": sum(p.numel() for p in model.parameters()), "params_trainable": sum(p.numel() for p in params),
         "matmul_params": matmul_params(cfg), "batch_size": batch_size, "seq_len": seq_len, "steps": steps, "warmup": warmup,
         "load_s": round(load_s, 2), "timed_s": round(seconds, 3), "tokens_per_s": round(tps, 1),
         "s_per_step": round(seconds / steps, 4),
-        "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
-        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3),
+        "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3) if cuda else None,
         "train_flops_per_token": fpt, "achieved_tflops": round(fpt * tps / 1e12, 2),
         "peak_bf16_tflops": None if peak is None else peak / 1e12, "peak_source": peak_src,
         "mfu": None if peak is None else round(fpt * tps / peak, 4),
@@ -200,10 +207,11 @@ def main() -> int:
     ap.add_argument("--ftpipe-rounds", type=int, default=2)
     ap.add_argument("--one", nargs=2, metavar=("MODEL_PATH", "METHOD"), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: smoke-test the worker only
     a = ap.parse_args()
 
     if a.one:  # worker: one (model, method) in its own process
-        out = run_one(a.one[0], a.one[1], a.steps, a.warmup, a.batch_size, a.seq_len)
+        out = run_one(a.one[0], a.one[1], a.steps, a.warmup, a.batch_size, a.seq_len, a.device)
         a.out.write_text(json.dumps(out))
         return 0
 
