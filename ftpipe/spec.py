@@ -299,6 +299,8 @@ class GatesSpec(Section):
     forgetting_mode: Literal["relative", "absolute"] = Field("relative", description="relative: (base-tuned)/base; absolute: base-tuned.")
     require_ci: bool = Field(False, description="Judge gates on the confidence bound, so noise neither passes nor blocks a model.")
     no_regression_vs_promoted: bool = Field(False, description="Fail if significantly worse than the promoted model on any task.")
+    on_failure_command: str | None = Field(
+        None, description="Shell command run when a gate fails (env: FTPIPE_PIPELINE, FTPIPE_RUN_DIR, FTPIPE_FAILED_GATES).")
 
 
 class DistributedSpec(Section):

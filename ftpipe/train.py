@@ -164,16 +164,33 @@ def _run_locked(loaded: LoadedSpec, root: Path, evaluate: bool) -> RunResult:
     history.record_run(manifest, run_dir, metrics=manifest.summary, gates=gates)
     console.log(f"run {manifest.run_id} succeeded: {run_dir}")
     if report is not None:
-        _promote_or_refuse(run_dir, manifest, gates)
+        _promote_or_refuse(run_dir, manifest, gates, loaded.spec.gates.on_failure_command)
     return RunResult(run_dir=run_dir, manifest=manifest, report=report)
 
 
-def _promote_or_refuse(run_dir: Path, manifest: Manifest, gates: dict) -> None:
+def _notify_gate_failure(command: str | None, manifest: Manifest, run_dir: Path, failed: list[str]) -> None:
+    """Run the spec's on_failure_command (a mail, a webhook via curl, ...); its own failure is only logged."""
+    import subprocess
+
+    if not command:
+        return
+    env = {**os.environ, "FTPIPE_PIPELINE": manifest.pipeline, "FTPIPE_RUN_DIR": str(run_dir.resolve()),
+           "FTPIPE_FAILED_GATES": ",".join(failed)}
+    try:
+        result = subprocess.run(command, shell=True, env=env, timeout=120, capture_output=True, text=True)
+        if result.returncode != 0:
+            console.log(f"on_failure_command exited {result.returncode}: {result.stderr.strip()[:200]}")
+    except subprocess.TimeoutExpired:
+        console.log("on_failure_command timed out after 120 s")
+
+
+def _promote_or_refuse(run_dir: Path, manifest: Manifest, gates: dict, command: str | None = None) -> None:
     """Promote a run that passed every gate; otherwise leave the promoted model alone and raise."""
     from ftpipe import history
 
     if not gates["passed"]:
         failed = [g["gate"] for g in gates["results"] if not g["passed"]]
+        _notify_gate_failure(command, manifest, run_dir, failed)
         raise GateFailedError(f"run {manifest.run_id} failed quality gates: {', '.join(failed)}; nothing promoted",
                               hint=f"see {run_dir / 'report.md'}")
     set_promoted(run_dir)

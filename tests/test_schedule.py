@@ -51,6 +51,7 @@ def test_schedule_promotes_skips_refuses_and_rolls_back(tmp_path, tiny_llama_dir
     assert code == EXIT_GATE_FAILED, out
     assert "FAIL max_forgetting[english_text]" in out and "nothing promoted" in out
     assert promoted_run("scheduled", runs) == run1
+    assert (runs / "scheduled" / "gate_failures.log").read_text() == "scheduled max_forgetting[english_text]\n"  # hook ran
 
     data.write_text("".join(good))  # run 4: more good data, passes, is promoted
     code, out = run(*cmd)

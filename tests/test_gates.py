@@ -1,0 +1,52 @@
+"""Quality gates judged from a report: each gate says whether it passed and by how much."""
+
+from __future__ import annotations
+
+import pytest
+
+from ftpipe.gates import evaluate_gates
+from ftpipe.spec import GatesSpec
+
+
+def report(*tasks: dict) -> dict:
+    return {"tasks": list(tasks)}
+
+
+TARGET = {"task": "t", "role": "target", "kind": "exact_match", "base": 0.1, "tuned": 0.5, "delta": 0.4,
+          "ci_low": 0.25, "ci_high": 0.55}
+HELD = {"task": "h", "role": "held_out", "kind": "contains", "base": 0.8, "tuned": 0.7, "delta": -0.1,
+        "ci_low": -0.22, "ci_high": 0.02}
+
+
+def test_no_gates_pass():
+    assert evaluate_gates(GatesSpec(), report(TARGET, HELD)) == {"passed": True, "results": []}
+
+
+def test_min_gain_on_point_estimate_and_on_ci():
+    [r] = evaluate_gates(GatesSpec(min_gain=0.3), report(TARGET))["results"]
+    assert r["passed"] and r["value"] == pytest.approx(0.4) and "margin 0.100" in r["detail"]
+    [r] = evaluate_gates(GatesSpec(min_gain=0.3, require_ci=True), report(TARGET))["results"]
+    assert not r["passed"] and r["value"] == pytest.approx(0.25) and "short by 0.050" in r["detail"]
+
+
+def test_forgetting_relative_absolute_and_ci():
+    [r] = evaluate_gates(GatesSpec(max_forgetting=0.15), report(HELD))["results"]
+    assert r["passed"] and r["value"] == pytest.approx(0.125)  # (0.8 - 0.7) / 0.8
+    [r] = evaluate_gates(GatesSpec(max_forgetting=0.05, forgetting_mode="absolute"), report(HELD))["results"]
+    assert not r["passed"] and r["value"] == pytest.approx(0.1) and "over by 0.050" in r["detail"]
+    [r] = evaluate_gates(GatesSpec(max_forgetting=0.15, require_ci=True), report(HELD))["results"]
+    assert not r["passed"] and r["value"] == pytest.approx(0.22 / 0.8)  # the largest drop the CI allows
+
+
+def test_perplexity_forgetting_is_a_rise():
+    ppl = {"task": "p", "role": "held_out", "kind": "perplexity", "base": 10.0, "tuned": 12.0, "delta": 2.0,
+           "ci_low": 0.1, "ci_high": 0.3}
+    [r] = evaluate_gates(GatesSpec(max_forgetting=0.1), report(ppl))["results"]
+    assert not r["passed"] and r["value"] == pytest.approx(0.2)
+
+
+def test_regression_against_promoted():
+    gates = GatesSpec(no_regression_vs_promoted=True)
+    assert evaluate_gates(gates, report(TARGET))["passed"]  # nothing promoted yet
+    outcome = evaluate_gates(gates, report(TARGET), {"a": "run-1", "regressions": ["h"]})
+    assert not outcome["passed"] and "worse than promoted run run-1 on: h" in outcome["results"][0]["detail"]
