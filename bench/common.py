@@ -16,7 +16,8 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
-RESULTS = BENCH_DIR / "results"
+# BENCH_RESULTS_DIR moves the results elsewhere (run_all.py --quick does, so smoke tests never overwrite real numbers).
+RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR") or BENCH_DIR / "results")
 DEMO_SPEC = REPO / "pipelines" / "demo.yaml"
 PACKAGES = ("ftpipe", "ludwig", "torch", "transformers", "peft", "accelerate", "bitsandbytes", "tokenizers", "numpy")
 

@@ -156,8 +156,14 @@ def make_progress_callback(on_step: Callable[[dict], None]):
     class _Progress(Callback):
         def __init__(self):
             self.last_loss: float | None = None
+            self.trainer = None
+
+        def was_interrupted(self) -> bool:
+            """Ludwig ends training early and returns normally on the first Ctrl-C: tell that apart."""
+            return bool(getattr(self.trainer, "received_sigint", False))
 
         def on_trainer_train_setup(self, trainer, save_path, is_coordinator, **kwargs):
+            self.trainer = trainer
             original = trainer.train_step
 
             def train_step(*args, **kw):

@@ -276,6 +276,8 @@ def _train(config: dict, frame, run_dir: Path, spec, manifest: Manifest) -> Path
             callbacks=[callback], quantized=isinstance(spec.adapter, QloraAdapter))
     finally:
         reporter.close()
+    if callback.was_interrupted():  # a half-trained model must not be evaluated or promoted
+        raise KeyboardInterrupt("training interrupted (Ctrl-C)")
     write_json_atomic(run_dir / "training_statistics.json", stats)
     adapter = ludwig_compat.adapter_folder(saved)
     final = run_dir / ("adapter" if adapter else "weights")

@@ -120,3 +120,17 @@ def test_second_run_of_locked_pipeline_exits_with_lock_code(tmp_path, tiny_llama
     finally:
         lock.release()
     assert not lock.is_held()
+
+
+def test_ctrl_c_during_training_fails_the_run_instead_of_evaluating_it(tmp_path, tiny_llama_dir):
+    """Ludwig swallows the first Ctrl-C and returns a half-trained model; ftpipe must not report it as a result."""
+    proc = _ftpipe("run", str(TINY), "--runs-dir", str(tmp_path), "--set", "training.epochs=20",
+                   "--set", "training.checkpoints_per_epoch=2")
+    checkpoint = lambda: list(tmp_path.glob("tiny-lora/*/training/_ludwig/experiment_run/model/training_progress.json"))
+    assert _wait_for(checkpoint, 300), proc.communicate()[0] if proc.poll() is not None else "no checkpoint"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out
+    [(run_dir, manifest)] = list_runs(tmp_path)
+    assert manifest.status == "failed" and "interrupted" in manifest.error
+    assert not (run_dir / "report.json").exists() and not (run_dir / "adapter").exists()
