@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEMO_SPEC, REPO, log, median, write_result  # noqa: E402
 
-ITEMS_PER_TASK = 8
+ITEMS_PER_TASK = 16
 BATCH_SIZE = 16
 REPEATS = 2
 MODEL = os.environ.get("BENCH_BASE_MODEL", "smollm2-135m-instruct")

@@ -65,19 +65,22 @@ def table() -> str:
             ("train: ftpipe / reference", f"{r['ftpipe_over_reference']:.3f}", ">= 0.95", _met(r["ftpipe_over_reference"] >= 0.95)),
             ("train: real-token share of ftpipe batches", f"{f['real_token_share_epoch']:.1%}", ">= 90%", _met(f["real_token_share_epoch"] >= 0.90)),
         ]
-        if "reference-grouped" in s:
-            g = s["reference-grouped"]
-            rows += [("train: reference, length-grouped: tokens/s (ratio to reference)",
-                      f"{g['real_tokens_per_s_median']:.0f} ({r['reference_grouped_over_reference']:.3f})", "", ""),
-                     ("train: real-token share, length-grouped", f"{g['real_token_share_epoch']:.1%}", ">= 90%",
-                      _met(g["real_token_share_epoch"] >= 0.90))]
-        if "ftpipe-grouped" in s:
-            g = s["ftpipe-grouped"]
-            rows += [("train: ftpipe + grouping prototype: tokens/s (ratio to reference)",
-                      f"{g['real_tokens_per_s_median']:.0f} ({r['ftpipe_grouped_over_reference']:.3f})", ">= 0.95",
-                      _met(r["ftpipe_grouped_over_reference"] >= 0.95)),
-                     ("train: real-token share, ftpipe + grouping prototype", f"{g['real_token_share_epoch']:.1%}", ">= 90%",
-                      _met(g["real_token_share_epoch"] >= 0.90))]
+        notes = {"reference-grouped": "plain loop, same rows grouped by length",
+                 "ftpipe-grouped": "prototype: length-grouped batches via should_shuffle=false",
+                 "ftpipe-lean": "prototype: per-step training metrics off",
+                 "ftpipe-grouped-lean": "prototype: grouped batches + training metrics off"}
+        for side, v in s.items():
+            if side in ("ftpipe", "reference"):
+                continue
+            k = side.replace("-", "_")
+            value = f"{v['real_tokens_per_s_median']:.0f} (x{r[k + '_over_reference']:.3f} of reference"
+            if k + "_over_reference_grouped" in r:
+                value += f", x{r[k + '_over_reference_grouped']:.3f} of reference-grouped"
+            value += ")"
+            met = _met(r[k + "_over_reference"] >= 0.95) if side.startswith("ftpipe") else ""
+            rows.append((f"train: {side} real tokens/s", value, ">= 0.95" if met else "", f"{notes.get(side, '')}; {met}".strip("; ")))
+            rows.append((f"train: real-token share, {side}", f"{v['real_token_share_epoch']:.1%}", ">= 90%",
+                         _met(v["real_token_share_epoch"] >= 0.90)))
         fc, rc = f["component_s_per_step_median"], ref["component_s_per_step_median"]
         rows.append(("train: ftpipe s/step: model fwd / loss / metrics / backward / optim",
                      " / ".join(_fmt(fc.get(k), ".3f") for k in ("hf_model_forward", "train_loss", "training_metrics", "backward", "optimizer_step")),
@@ -125,7 +128,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=BENCHMARKS, action="append")
     ap.add_argument("--rounds", type=int, default=3, help="training A/B rounds (each: ftpipe, reference, both grouped)")
-    ap.add_argument("--grouped-rounds", type=int, default=None, help="rounds that also run the grouped variants (default: all)")
+    ap.add_argument("--grouped-rounds", type=int, default=None, help="rounds that also run the extra variants (default: all)")
+    ap.add_argument("--extra-sides", default=None, help="training variants after ftpipe, reference (see bench/train_ab.py)")
     ap.add_argument("--table", action="store_true", help="print the table of the latest results only")
     ap.add_argument("--quick", action="store_true", help="smoke test on the tiny model (results are not kept as the real ones)")
     a = ap.parse_args()
@@ -147,6 +151,8 @@ def main() -> None:
             args = ["bench/train_ab.py", "--driver", "--rounds", str(1 if a.quick else a.rounds)]
             if a.grouped_rounds is not None:
                 args += ["--grouped-rounds", str(a.grouped_rounds)]
+            if a.extra_sides is not None:
+                args += ["--extra-sides", a.extra_sides]
             if a.quick:
                 args += ["--steps", "4"]
             spent["training"] = run("training", args, env)

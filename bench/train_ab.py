@@ -16,14 +16,18 @@ The first ftpipe trial records the exact batches Ludwig formed (token ids, in or
 trials replay exactly those batches, so both sides see the same rows in the same order and the same
 padding (and the recorded ids prove both tokenize identically).
 
-Variants:
-  ftpipe             `run_pipeline(demo.yaml, overrides, evaluate=False)`, as shipped.
-  reference          plain loop, Ludwig's batches (random order, padded to the longest row).
-  reference-grouped  plain loop, the same rows sorted by length into batches (batch order shuffled).
-  ftpipe-grouped     PROTOTYPE, not shipped: ftpipe with the training frame pre-ordered into
-                     length-sorted batches and Ludwig's `trainer.should_shuffle: false`, done by
-                     patching ftpipe.data.training_frame and ftpipe.compile.compile_spec in this
-                     process only: shows what length grouping would give inside Ludwig.
+Variants (the driver runs ftpipe, reference, ftpipe-grouped-lean, reference-grouped by default):
+  ftpipe               `run_pipeline(demo.yaml, overrides, evaluate=False)`, as shipped.
+  reference            plain loop, Ludwig's batches (random order, padded to the longest row).
+  reference-grouped    plain loop, the same rows sorted by length into batches (batch order shuffled).
+  ftpipe-grouped       PROTOTYPE, not shipped: ftpipe with the training frame pre-ordered into
+                       length-sorted batches and Ludwig's `trainer.should_shuffle: false`, done by
+                       patching ftpipe.data.training_frame and ftpipe.compile.compile_spec in this
+                       process only: what length grouping gives inside Ludwig. Its batches are
+                       exactly reference-grouped's.
+  ftpipe-lean          PROTOTYPE: ftpipe with Ludwig's per-step training metrics switched off
+                       (`trainer._update_training_metrics` replaced by a no-op from a callback).
+  ftpipe-grouped-lean  both prototypes together.
 
 Worker:  python bench/train_ab.py --side ftpipe --out trial.json [--record-batches b.json]
 Driver:  python bench/train_ab.py --driver [--rounds 3]   (writes bench/results/training.json)
@@ -113,7 +117,7 @@ def _peak_memory_gib() -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**30, 3)
 
 
-def _timing_callback(record: dict):
+def _timing_callback(record: dict, lean: bool = False):
     """A Ludwig callback recording, per step: end time, batch lengths, ids (optional), component times."""
     from ftpipe.ludwig_compat import import_ludwig
 
@@ -148,6 +152,8 @@ def _timing_callback(record: dict):
             trainer._forward_pass = timed("forward_pass", trainer._forward_pass)
             trainer._backward_pass = timed("backward", trainer._backward_pass)
             trainer._optimizer_step = timed("optimizer_step", trainer._optimizer_step)
+            if lean:  # PROTOTYPE: skip Ludwig's per-step training metrics (ftpipe records the loss itself)
+                trainer._update_training_metrics = lambda *a, **kw: None
             trainer._update_training_metrics = timed("training_metrics", trainer._update_training_metrics)
             original = trainer.train_step
 
@@ -211,13 +217,13 @@ def _install_grouping_patches(seed: int, batch_size: int) -> None:
     compile_mod.compile_spec = compile_no_shuffle
 
 
-def run_ftpipe_side(steps: int, record_batches: Path | None, grouped: bool) -> dict:
+def run_ftpipe_side(steps: int, record_batches: Path | None, grouped: bool, lean: bool = False) -> dict:
     from ftpipe import console, ludwig_compat
     from ftpipe.train import run_pipeline
 
     console.quiet_libraries()
     record = {"step_ends": [], "losses": [], "lengths": [], "widths": [], "batches": [], "keep_ids": record_batches is not None}
-    callback = _timing_callback(record)
+    callback = _timing_callback(record, lean=lean)
     original_train_model = ludwig_compat.train_model
 
     def train_model_with_timing(*a, callbacks=None, **kw):
@@ -242,7 +248,7 @@ def run_ftpipe_side(steps: int, record_batches: Path | None, grouped: bool) -> d
     out = summarize_steps(record["step_ends"], record["lengths"], WARMUP_STEPS, record["components"])
     order_digest = hashlib.sha256(json.dumps(record["lengths"]).encode()).hexdigest()[:16]
     out.update({
-        "side": "ftpipe-grouped" if grouped else "ftpipe",
+        "side": "ftpipe" + ("-grouped" if grouped else "") + ("-lean" if lean else ""),
         "run_dir": str(run_dir),
         "pipeline_wall_s": round(wall, 2),
         "stage_timings_s": result.manifest.timings,
@@ -262,6 +268,10 @@ def run_ftpipe_side(steps: int, record_batches: Path | None, grouped: bool) -> d
         "seed": result.manifest.seed,
         "device": DEVICE, "adapter": ADAPTER, "base_model": BASE_MODEL, "peak_memory_gib": _peak_memory_gib(),
     })
+    if not os.environ.get("BENCH_KEEP_RUNS"):
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
     if record_batches is not None:
         record_batches.write_text(json.dumps({"batches": record["batches"], "lora": out["lora"], "trainer": out["trainer"],
                                               "quantization": resolved.get("quantization") or {},
@@ -422,8 +432,24 @@ def run_reference_side(steps: int, batches_file: Path | None, grouped: bool) -> 
 # =============================================================================== driver
 
 
-def drive(rounds: int, steps: int, grouped_rounds: int | None = None) -> dict:
-    """Alternate the sides in fresh processes: ftpipe, reference, [ftpipe-grouped, reference-grouped], ... x rounds."""
+def _same_grouped_batches(by_side: dict[str, list[dict]]) -> bool | None:
+    """Did the grouped ftpipe prototype and the grouped reference get batches of the same row lengths, in order?"""
+    ref = by_side.get("reference-grouped")
+    ft = next((by_side[s] for s in ("ftpipe-grouped-lean", "ftpipe-grouped") if s in by_side), None)
+    if not ref or not ft:
+        return None
+    return [sorted(b) for b in ref[0]["batch_lengths"]] == [sorted(b) for b in ft[0]["batch_lengths"]]
+
+
+EXTRA_SIDES = ("ftpipe-grouped-lean", "reference-grouped")
+
+
+def drive(rounds: int, steps: int, grouped_rounds: int | None = None, extra_sides: tuple[str, ...] = EXTRA_SIDES) -> dict:
+    """Alternate the sides in fresh processes: ftpipe, reference, *extra_sides, ... x rounds.
+
+    The first ftpipe trial records Ludwig's batches, which every reference trial then replays.
+    `grouped_rounds`: how many of the rounds also run the extra sides (default: all).
+    """
     work = Path(tempfile.mkdtemp(prefix="ftpipe-bench-ab-"))
     batches_file = work / "ludwig_batches.json"
     here = str(Path(__file__).resolve())
@@ -433,7 +459,7 @@ def drive(rounds: int, steps: int, grouped_rounds: int | None = None) -> dict:
     for r in range(rounds):
         plan = [("ftpipe", r == 0), ("reference", False)]
         if r < grouped_rounds:
-            plan += [("ftpipe-grouped", False), ("reference-grouped", False)]
+            plan += [(side, False) for side in extra_sides]
         for side, record in plan:
             args = [here, "--side", side, "--steps", str(steps)]
             if record:
@@ -462,13 +488,18 @@ def drive(rounds: int, steps: int, grouped_rounds: int | None = None) -> dict:
             "real_token_share_epoch": round(1 - ts[0]["epoch"]["padding_share"], 4),
             "component_s_per_step_median": {k: median([t["component_s_per_step"][k] for t in ts]) for k in comp_keys},
         }
-    f, ref = sides["ftpipe"]["real_tokens_per_s_median"], sides["reference"]["real_tokens_per_s_median"]
-    ratios = {"ftpipe_over_reference": round(f / ref, 3)}
-    if "ftpipe-grouped" in sides:
-        ratios["ftpipe_grouped_over_reference"] = round(sides["ftpipe-grouped"]["real_tokens_per_s_median"] / ref, 3)
-        ratios["ftpipe_grouped_over_ftpipe"] = round(sides["ftpipe-grouped"]["real_tokens_per_s_median"] / f, 3)
-    if "reference-grouped" in sides:
-        ratios["reference_grouped_over_reference"] = round(sides["reference-grouped"]["real_tokens_per_s_median"] / ref, 3)
+    def key(side: str) -> str:
+        return side.replace("-", "_")
+
+    ref = sides["reference"]["real_tokens_per_s_median"]
+    ratios = {f"{key(side)}_over_reference": round(v["real_tokens_per_s_median"] / ref, 3)
+              for side, v in sides.items() if side != "reference"}
+    for side, v in sides.items():
+        if side.startswith("ftpipe-") and "reference-grouped" in sides and "grouped" in side:
+            ratios[f"{key(side)}_over_reference_grouped"] = round(
+                v["real_tokens_per_s_median"] / sides["reference-grouped"]["real_tokens_per_s_median"], 3)
+        if side.startswith("ftpipe-"):
+            ratios[f"{key(side)}_over_ftpipe"] = round(v["real_tokens_per_s_median"] / sides["ftpipe"]["real_tokens_per_s_median"], 3)
     digests = {t["batch_order_digest"] for t in by_side["ftpipe"]}
     payload = {
         "what": "LoRA training throughput, ftpipe (Ludwig) vs a plain transformers+PEFT loop, alternated in fresh processes",
@@ -481,6 +512,7 @@ def drive(rounds: int, steps: int, grouped_rounds: int | None = None) -> dict:
         "ratios": ratios,
         "targets": {"ftpipe_over_reference_min": 0.95, "real_token_share_min": 0.90},
         "checks": {"ftpipe_trials_same_batch_order": len(digests) == 1,
+                   "grouped_batches_same_on_both_sides": _same_grouped_batches(by_side),
                    "reference_rows_not_matched_to_ludwig": next((t["batches"].get("rows_not_matched_to_ludwig") for t in trials
                                                                  if t["side"] == "reference"), None)},
         "wall_s": round(time.perf_counter() - t_start, 1),
@@ -491,7 +523,7 @@ def drive(rounds: int, steps: int, grouped_rounds: int | None = None) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--side", choices=["ftpipe", "ftpipe-grouped", "reference", "reference-grouped"])
+    ap.add_argument("--side", choices=["ftpipe", "ftpipe-grouped", "ftpipe-lean", "ftpipe-grouped-lean", "reference", "reference-grouped"])
     ap.add_argument("--driver", action="store_true", help="alternate all sides and write bench/results/training.json")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--grouped-rounds", type=int, default=None)
@@ -500,15 +532,17 @@ def main() -> None:
     ap.add_argument("--batches", type=Path)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--result-name", default="training", help="bench/results/<name>.json (driver)")
+    ap.add_argument("--extra-sides", default=",".join(EXTRA_SIDES), help="driver: comma-separated sides run after ftpipe, reference")
     a = ap.parse_args()
     if a.driver:
-        path = write_result(a.result_name, drive(a.rounds, a.steps, a.grouped_rounds))
+        extra = tuple(x for x in a.extra_sides.split(",") if x)
+        path = write_result(a.result_name, drive(a.rounds, a.steps, a.grouped_rounds, extra))
         log(f"wrote {path}")
         return
     if a.side is None or a.out is None:
         ap.error("--side and --out (or --driver)")
     if a.side.startswith("ftpipe"):
-        out = run_ftpipe_side(a.steps, a.record_batches, grouped=a.side == "ftpipe-grouped")
+        out = run_ftpipe_side(a.steps, a.record_batches, grouped="grouped" in a.side, lean="lean" in a.side)
     else:
         out = run_reference_side(a.steps, a.batches, grouped=a.side == "reference-grouped")
     a.out.write_text(json.dumps(out, default=str))

@@ -79,8 +79,9 @@ def _trainer(spec: PipelineSpec, ctx: CompileContext) -> dict[str, Any]:
         "early_stop": t.early_stopping_patience if t.early_stopping_patience else -1,
         "skip_all_evaluation": not (t.evaluate_during_training and ctx.has_validation),
         "use_mixed_precision": t.precision == "fp16" or (t.precision == "auto" and ctx.device == "cuda"),
-        # Ludwig scales the lr linearly with the number of processes unless told otherwise.
-        "learning_rate_scaling": "constant",
+        # Ludwig scales the lr linearly with the number of processes unless told otherwise: the spec
+        # says how (default constant, which leaves one-process configs as they were; issue 9).
+        "learning_rate_scaling": spec.compute.distributed.learning_rate_scaling,
     }
     if t.max_steps is not None:
         trainer["train_steps"] = t.max_steps

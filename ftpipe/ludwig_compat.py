@@ -182,7 +182,7 @@ def make_progress_callback(on_step: Callable[[dict], None]):
 
 
 def train_model(config: dict[str, Any], frame, output_dir: Path, *, seed: int, resume: bool = False,
-                callbacks: list | None = None, quantized: bool = False):
+                callbacks: list | None = None, quantized: bool = False, backend=None):
     """Train with LudwigModel and save the final model under `output_dir/model`.
 
     Args:
@@ -194,6 +194,8 @@ def train_model(config: dict[str, Any], frame, output_dir: Path, *, seed: int, r
         callbacks: Ludwig callbacks (progress reporting).
         quantized: QLoRA; Ludwig's end-of-training restore of the best checkpoint crashes on 4-bit
             weights ("Unexpected keys ... absmax, quant_map"), so the model is saved as trained instead.
+        backend: A Ludwig backend instance, e.g. `distributed_backend(...)` run under torchrun (issue 9);
+            then only the coordinator (rank 0) saves. None: the config's local backend.
 
     Returns:
         (LudwigModel, training statistics from training_statistics.json, path of the saved model folder).
@@ -202,7 +204,7 @@ def train_model(config: dict[str, Any], frame, output_dir: Path, *, seed: int, r
     from ludwig.api import LudwigModel
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    model = LudwigModel(config, logging_level=logging.ERROR, callbacks=callbacks)
+    model = LudwigModel(config, logging_level=logging.ERROR, callbacks=callbacks, backend=backend)
     experiment = output_dir / "_ludwig" / "experiment_run"
     resume_path = str(experiment) if resume and (experiment / "model" / "training_progress.json").exists() else None
     try:
@@ -222,7 +224,8 @@ def train_model(config: dict[str, Any], frame, output_dir: Path, *, seed: int, r
         raise TrainError(f"Ludwig training failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}",
                          hint="rerun with --debug for the traceback") from e
     saved = output_dir / "model"
-    model.save(str(saved))
+    if backend is None or backend.is_coordinator():  # distributed: only rank 0 writes (issue 9)
+        model.save(str(saved))
     stats_file = experiment / "training_statistics.json"
     stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
     return model, stats, saved
@@ -240,3 +243,157 @@ def adapter_folder(saved_model: Path) -> Path | None:
     """Where Ludwig put the PEFT adapter of a saved model, or None for full fine-tuning."""
     folder = saved_model / "model_weights"
     return folder if (folder / "adapter_config.json").exists() else None
+
+
+# --------------------------------------------------------------------------------------------
+# Workaround: distributed training (issue 9; docs/distributed.md, launching in ftpipe/distributed.py).
+# Upstream gap 1: Ludwig 0.17 ships an Accelerate strategy (ludwig/distributed/accelerate.py; `ddp`,
+# `fsdp`, `deepspeed` are aliases of it) but nothing creates it: LocalBackend.initialize() always
+# initialises the `local` strategy (backend/base.py:249), create_trainer() never passes
+# `distributed=`, and is_coordinator() is always True; no config key changes that. Under torchrun,
+# stock Ludwig trains N unsynchronised copies racing for one output folder. Fix: a LocalBackend
+# subclass that creates the Accelerate strategy, hands it to the trainer and makes only rank 0
+# the coordinator. Upstream gap 2: the LLM fine-tune trainer reads `self.dist_model.tokenizer`
+# (trainers/trainer_llm.py:454), which a DDP/FSDP wrapper lacks: re-exposed after prepare().
+# Upstream gap 3 (CUDA, not verified on a GPU): 4-bit/8-bit weights load with device_map="auto"
+# over every visible GPU (utils/llm_utils.py:53) and to_device() then leaves them there, so with
+# several GPUs per machine each process pins itself to its own GPU before torch starts.
+# --------------------------------------------------------------------------------------------
+
+
+def stock_backend_strategy() -> str:
+    """Class name of the strategy stock Ludwig's LocalBackend initialises ("LocalStrategy" while gap 1 holds)."""
+    import_ludwig()
+    import ludwig.distributed as dist
+    from ludwig.backend.base import LocalBackend
+
+    previous = dist._current_strategy
+    try:
+        LocalBackend().initialize()
+        return type(dist._current_strategy).__name__
+    finally:
+        dist._current_strategy = previous
+
+
+def llm_trainer_reads_tokenizer_from_dist_model() -> bool:
+    """True while the fine-tune trainer reads the tokenizer off the (wrapped) dist_model (gap 2)."""
+    import inspect
+
+    import_ludwig()
+    from ludwig.trainers.trainer_llm import FineTuneTrainer
+
+    return "self.dist_model.tokenizer" in inspect.getsource(FineTuneTrainer.evaluation)
+
+
+def quantized_load_spreads_over_gpus() -> bool:
+    """True while Ludwig loads bitsandbytes-quantized LLMs with device_map="auto" (gap 3)."""
+    import inspect
+
+    import_ludwig()
+    from ludwig.utils.llm_utils import load_pretrained_from_config
+
+    return '"device_map"] = "auto"' in inspect.getsource(load_pretrained_from_config)
+
+
+def pin_one_gpu_per_process(env: dict[str, str]) -> None:
+    """Make a torchrun worker see only its own GPU (gap 3); call before torch is imported.
+
+    LOCAL_RANK becomes 0 because the process's only visible GPU is cuda:0; the original stays in
+    FTPIPE_LOCAL_RANK.
+    """
+    local_rank = int(env.get("LOCAL_RANK", "0"))
+    visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    env["CUDA_VISIBLE_DEVICES"] = visible[local_rank] if local_rank < len(visible) else str(local_rank)
+    env["FTPIPE_LOCAL_RANK"] = str(local_rank)
+    env["LOCAL_RANK"] = "0"
+
+
+def distributed_backend(strategy_kwargs: dict[str, Any]):
+    """A Ludwig backend that trains with the Accelerate strategy on every torchrun rank (gaps 1 and 2).
+
+    Args:
+        strategy_kwargs: Arguments of Ludwig's AccelerateStrategy (mixed_precision, fsdp_config,
+            deepspeed_config), built by ftpipe.distributed.strategy_kwargs.
+
+    Returns:
+        A LocalBackend subclass instance to pass to `train_model(backend=...)`; its `is_coordinator()`
+        is True on rank 0 only, and `finish()` ends the process group.
+    """
+    import_ludwig()
+    import ludwig.distributed as dist
+    from ludwig.backend.base import LocalBackend
+    from ludwig.distributed.accelerate import AccelerateStrategy
+
+    class _TokenizerAccelerateStrategy(AccelerateStrategy):
+        def prepare(self, model, trainer_config, base_learning_rate):
+            dist_model, optimizer = super().prepare(model, trainer_config, base_learning_rate)
+            if not hasattr(dist_model, "tokenizer") and hasattr(model, "tokenizer"):
+                dist_model.tokenizer = model.tokenizer  # gap 2: trainer_llm.py reads it off the wrapper
+            return dist_model, optimizer
+
+    class _AccelerateBackend(LocalBackend):
+        def initialize(self):
+            dist._current_strategy = self.strategy  # as init_dist_strategy does: metric sync reads it
+
+        def is_coordinator(self) -> bool:
+            return self.strategy.rank() == 0
+
+        def create_trainer(self, config, model, **kwargs):
+            kwargs["distributed"] = self.strategy
+            return super().create_trainer(config, model, **kwargs)
+
+        def finish(self) -> None:
+            self.strategy.accelerator.end_training()  # waits for every rank, then ends the process group
+
+    backend = _AccelerateBackend()
+    backend.strategy = _TokenizerAccelerateStrategy(**strategy_kwargs)  # now: callers check its size first
+    return backend
+
+
+def make_rank_callback(on_step: Callable[[dict], None] | None, seen_rows: list[str]):
+    """A Ludwig callback for one torchrun rank: progress after each batch (rank 0) and a digest of each row trained on.
+
+    The digests (sha1 of a row's prompt token ids, padding dropped) let a test check that ranks trained
+    on disjoint rows.
+    """
+    import hashlib
+
+    import_ludwig()
+    from ludwig.callbacks import Callback
+
+    class _RankCallback(Callback):
+        def __init__(self):
+            self.last_loss: float | None = None
+
+        def on_trainer_train_setup(self, trainer, save_path, is_coordinator, **kwargs):
+            original = trainer.train_step
+
+            def train_step(inputs, *args, **kw):
+                for tensor in inputs.values():
+                    for row in tensor.detach().cpu():
+                        seen_rows.append(hashlib.sha1(row[row != 0].numpy().tobytes()).hexdigest()[:16])
+                result = original(inputs, *args, **kw)
+                self.last_loss = float(result[0].detach()) if hasattr(result[0], "detach") else float(result[0])
+                return result
+
+            trainer.train_step = train_step
+
+        def on_batch_end(self, trainer, progress_tracker, save_path, sync_step=True, **kwargs):
+            if on_step is not None:
+                on_step({"step": progress_tracker.steps, "total_steps": progress_tracker.total_steps,
+                         "epoch": progress_tracker.epoch, "loss": self.last_loss,
+                         "learning_rate": progress_tracker.learning_rate})
+
+    return _RankCallback()
+
+
+def trainable_digest(model) -> str:
+    """sha1 of a trained LudwigModel's trainable weights: equal on every rank when DDP kept them in sync."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for name, param in sorted(model.model.named_parameters()):
+        if param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -35,5 +35,10 @@ def preview_data(spec_path: Path, overrides: list[str] | None, examples: int = 2
     out.append(f"## Leakage ({leak['ngram']}-gram near-duplicates at >= {leak['threshold']:.0%} overlap, and exact matches)")
     for name, t in leak["tasks"].items():
         out.append(f"  {name:24} checked {t['checked']:5}  exact {t['exact']}  near {t['near']}  dropped {t['dropped']}")
-    out.append("  clean: nothing evaluated was trained on" if not leak["leaked"] else f"  {leak['leaked']} leaked items")
+    if not leak["leaked"]:
+        out.append("  clean: nothing evaluated was trained on")
+    elif leak["action"] == "drop":
+        out.append(f"  {leak['leaked']} leaked items dropped from evaluation; what is evaluated now is clean")
+    else:
+        out.append(f"  {leak['leaked']} leaked items")
     return "\n".join(out)

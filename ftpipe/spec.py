@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from ftpipe.errors import SpecError
 
@@ -304,11 +304,57 @@ class GatesSpec(Section):
 
 
 class DistributedSpec(Section):
-    """Multi-process training (filled in by the scale-out work)."""
+    """Multi-process training: PyTorch distributed through Accelerate, launched by torchrun (docs/distributed.md).
 
-    strategy: Literal["none", "ddp", "fsdp", "deepspeed"] = "none"
-    processes_per_node: int = Field(1, ge=1)
-    nodes: int = Field(1, ge=1)
+    Issue 9. Checks here need no environment; "fsdp/deepspeed need CUDA" and the like are in
+    train.preflight(), and the combinations that depend on the adapter in PipelineSpec below.
+    """
+
+    strategy: Literal["none", "ddp", "fsdp", "deepspeed"] = Field(
+        "none", description="none: one process; ddp: data parallel, CPU (gloo) or CUDA; fsdp / deepspeed: sharded, CUDA only.")
+    processes_per_node: int = Field(1, ge=1, le=256, description="Processes on each machine: one per GPU on CUDA.")
+    nodes: int = Field(1, ge=1, le=1024, description="Machines; node 0 runs `ftpipe run`, the others `python -m ftpipe.distributed join`.")
+    master_addr: str | None = Field(None, description="Address of node 0 that every node can reach (needed when nodes > 1).")
+    master_port: int = Field(29500, ge=1, le=65535, description="Port on node 0 for the rendezvous (nodes > 1; one node picks a free port).")
+    zero_stage: Literal[1, 2, 3] | None = Field(None, description="DeepSpeed ZeRO stage (deepspeed only; default 2).")
+    offload: bool = Field(False, description="Offload to CPU memory: optimizer state (deepspeed; parameters too at ZeRO-3), parameters (fsdp).")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(
+        "auto", description="auto: as training.precision; no / fp16 / bf16: Accelerate's autocast (bf16 only here; fp16 needs CUDA).")
+    learning_rate_scaling: Literal["constant", "linear", "sqrt"] = Field(
+        "constant", description="Learning rate x 1, x processes or x sqrt(processes). Ludwig's own default is linear; "
+                                "the global batch is batch_size x processes x nodes x gradient_accumulation_steps.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DistributedSpec:
+        problems = []
+        if self.strategy == "none":
+            if self.processes_per_node > 1 or self.nodes > 1:
+                problems.append("processes_per_node or nodes > 1 need a strategy (ddp, fsdp or deepspeed)")
+            if self.mixed_precision != "auto":
+                problems.append("mixed_precision applies to distributed training only; one process uses training.precision")
+        if self.zero_stage is not None and self.strategy != "deepspeed":
+            problems.append(f"zero_stage is a DeepSpeed setting; strategy is {self.strategy}")
+        if self.offload and self.strategy not in ("fsdp", "deepspeed"):
+            problems.append("offload needs strategy fsdp or deepspeed")
+        if self.nodes > 1 and not self.master_addr:
+            problems.append("nodes > 1 needs master_addr (node 0's address, reachable from every node)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def world_size(self) -> int:
+        """Number of training processes in all."""
+        return self.processes_per_node * self.nodes if self.strategy != "none" else 1
+
+    @model_serializer(mode="wrap")
+    def _omit_unused_new_fields(self, handler):
+        """Fields added by issue 9 are left out of dumps while at their defaults: the spec hash (run ids,
+        resumption, the headers of the committed ludwig_configs/) of specs not using them stays as it was."""
+        data = handler(self)
+        for name in ("master_addr", "master_port", "zero_stage", "offload", "mixed_precision", "learning_rate_scaling"):
+            if name in data and data[name] == type(self).model_fields[name].default:
+                del data[name]
+        return data
 
 
 class ComputeSpec(Section):
@@ -350,6 +396,24 @@ class PipelineSpec(Section):
             raise ValueError("domain_adaptation tasks must have kind perplexity (raw text)")
         if self.method != "domain_adaptation" and any(is_text):
             raise ValueError("perplexity tasks train only with method domain_adaptation")
+        return self
+
+    @model_validator(mode="after")
+    def _distributed_fits_adapter(self) -> PipelineSpec:
+        """Distributed settings that cannot work with this adapter or precision (issue 9; no environment needed)."""
+        d, problems = self.compute.distributed, []
+        if isinstance(self.adapter, QloraAdapter) and d.strategy == "fsdp":
+            problems.append("adapter qlora cannot be sharded with fsdp: Ludwig 0.17 loads bitsandbytes weights with "
+                            "device_map auto and no quant storage dtype; use strategy ddp")
+        if isinstance(self.adapter, QloraAdapter) and d.strategy == "deepspeed" and (d.zero_stage or 2) == 3:
+            problems.append("adapter qlora cannot be sharded with DeepSpeed ZeRO-3 (4-bit weights are not partitionable); "
+                            "use zero_stage 1 or 2, or strategy ddp")
+        wanted = {"fp32": "no", "fp16": "fp16"}.get(self.training.precision)
+        if d.mixed_precision not in ("auto", wanted) and wanted is not None:
+            problems.append(f"mixed_precision {d.mixed_precision} contradicts training.precision "
+                            f"{self.training.precision}; set one of them to auto")
+        if problems:
+            raise ValueError("compute.distributed: " + "; ".join(problems))
         return self
 
     def all_tasks(self) -> list[TaskSpec]:

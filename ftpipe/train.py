@@ -67,8 +67,10 @@ def preflight(loaded: LoadedSpec, device: str) -> None:
             raise BadInputError(f"adapter qlora needs bitsandbytes ({e})", hint="pip install bitsandbytes, or use adapter lora") from None
         if device == "cpu" and spec.adapter.bits == 8:
             raise BadInputError("8-bit bitsandbytes weights need a CUDA GPU", hint="use bits: 4 on CPU, or adapter lora")
-    if spec.compute.distributed.strategy != "none":
-        raise BadInputError("compute.distributed is not supported yet", hint="set compute.distributed.strategy: none")
+    if spec.compute.distributed.strategy != "none":  # issue 9: e.g. fsdp/deepspeed need CUDA, enough GPUs
+        from ftpipe.distributed import check_environment
+
+        check_environment(spec, device)
 
 
 def _context_length(model_path: str) -> int:
@@ -267,16 +269,27 @@ def _train(config: dict, frame, run_dir: Path, spec, manifest: Manifest) -> Path
     from ftpipe import ludwig_compat
 
     train_dir = run_dir / "training"
-    steps_per_epoch = -(-int((frame["split"] == 0).sum()) // spec.training.batch_size)
+    world = spec.compute.distributed.world_size()  # each process trains on its own share of the rows
+    steps_per_epoch = -(-int((frame["split"] == 0).sum()) // (spec.training.batch_size * world))
     reporter = console.StepReporter("train", spec.training.max_steps or steps_per_epoch * spec.training.epochs)
-    callback = ludwig_compat.make_progress_callback(console.step_callback(reporter))
+    callback, exported = None, None  # exported: distributed full fine-tuning, rank 0 already wrote the weights
     try:
-        model, stats, saved = ludwig_compat.train_model(
-            config, frame, train_dir, seed=spec.training.seed, resume=manifest.attempts > 1,
-            callbacks=[callback], quantized=isinstance(spec.adapter, QloraAdapter))
+        if spec.compute.distributed.strategy != "none":  # issue 9: torchrun processes; rank 0 writes
+            from ftpipe import distributed
+
+            result = distributed.train_distributed(
+                config, frame, train_dir, spec, device=manifest.device, resume=manifest.attempts > 1,
+                on_step=console.step_callback(reporter), spec_hash=manifest.spec_hash)
+            model, stats, saved, exported = None, result.stats, result.saved, result.weights
+            write_json_atomic(run_dir / "distributed.json", result.summary)
+        else:
+            callback = ludwig_compat.make_progress_callback(console.step_callback(reporter))
+            model, stats, saved = ludwig_compat.train_model(
+                config, frame, train_dir, seed=spec.training.seed, resume=manifest.attempts > 1,
+                callbacks=[callback], quantized=isinstance(spec.adapter, QloraAdapter))
     finally:
         reporter.close()
-    if callback.was_interrupted():  # a half-trained model must not be evaluated or promoted
+    if callback is not None and callback.was_interrupted():  # a half-trained model must not be evaluated or promoted
         raise KeyboardInterrupt("training interrupted (Ctrl-C)")
     write_json_atomic(run_dir / "training_statistics.json", stats)
     adapter = ludwig_compat.adapter_folder(saved)
@@ -285,6 +298,8 @@ def _train(config: dict, frame, run_dir: Path, spec, manifest: Manifest) -> Path
         shutil.rmtree(final)
     if adapter:
         shutil.copytree(adapter, final)
+    elif exported is not None:
+        shutil.move(str(exported), str(final))
     else:
         _export_full_weights(model, final)
     if not any(final.iterdir()):

@@ -57,6 +57,17 @@ def test_multitask_end_to_end(tmp_path, tiny_llama_dir):
     assert [t["role"] for t in report["tasks"]] == ["target", "target", "held_out"]
 
 
+def test_domain_adaptation_end_to_end(tmp_path, tiny_llama_dir):
+    spec = ROOT / "pipelines" / "domain_adaptation.yaml"
+    result = run_pipeline(spec, ["base_model=tiny-llama", "training.max_steps=3", "evaluation.max_items=8"], tmp_path)
+    report = check_complete_run(result.run_dir)
+    by_task = {t["task"]: t for t in report["tasks"]}
+    assert by_task["harbor_handbook"]["metric"] == "perplexity" and by_task["harbor_handbook"]["role"] == "target"
+    assert by_task["harbor_handbook_heldout"]["forgetting"] is not None
+    rows = json.loads((result.run_dir / "data_summary.json").read_text())
+    assert rows["leakage"]["action"] == "drop"
+
+
 def _ftpipe(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "ftpipe", *args], cwd=ROOT, env={**os.environ, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
