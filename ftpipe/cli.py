@@ -55,7 +55,8 @@ def _guard(fn: Callable[[], int | None]) -> None:
         if _state["debug"]:
             raise
         for line in e.one_line().splitlines():
-            typer.echo(f"error: {line}" if not line.startswith(("pipelines", "/", ".")) and ":" not in line.split(" ")[0] else line, err=True)
+            located = ":" in line.split(" ", 1)[0]  # spec errors start with file:line:col
+            typer.echo(line if located else f"error: {line}", err=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

@@ -127,7 +127,7 @@ def _read_task(loaded: LoadedSpec, task: TaskSpec) -> dict[str, list[tuple[int, 
     src = task.source
     out: dict[str, list[tuple[int, dict]]] = {}
     if src.hub is not None:
-        out["all"] = list(enumerate(_records(read_source(None, hub=src.hub, split=src.split)), start=1))  # noqa
+        out["all"] = list(enumerate(_records(read_source(None, hub=src.hub, split=src.split)), start=1))
         return out
     origins = {"all": src.path} if src.path else {"train": src.train, "validation": src.validation, "test": src.test}
     for origin, rel in origins.items():
@@ -142,7 +142,7 @@ def _read_task(loaded: LoadedSpec, task: TaskSpec) -> dict[str, list[tuple[int, 
     return out
 
 
-def _source_name(loaded: LoadedSpec, task: TaskSpec, origin: str) -> str:
+def _source_name(task: TaskSpec, origin: str) -> str:
     src = task.source
     rel = src.hub or (src.path if origin == "all" else getattr(src, origin))
     return str(rel)
@@ -266,7 +266,7 @@ def _prepare_task(loaded: LoadedSpec, task: TaskSpec, role: str, tokenizer: Any,
     seen: set[str] = set()
     assigned: dict[str, list[tuple[str, dict]]] = {"train": [], "validation": [], "test": []}
     for origin, rows in origins.items():
-        source_name = _source_name(loaded, task, origin)
+        source_name = _source_name(task, origin)
         for line, raw in rows:
             row = _map_fields(raw, task)
             missing = renderer.check_fields(row) if task.kind != "perplexity" else None

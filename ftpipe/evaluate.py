@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -351,8 +350,3 @@ def _write_predictions(run_dir: Path, prepared: PreparedData, base: dict[str, Ta
                  for i, bo, to, bs, ts in zip(data.eval_items, base[name].outputs, tuned[name].outputs,
                                               base[name].scores, tuned[name].scores)]
         (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def nan_to_none(value: float | None) -> float | None:
-    """JSON has no NaN."""
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value

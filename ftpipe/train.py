@@ -314,7 +314,8 @@ def _export_full_weights(model, out: Path) -> None:
         shutil.rmtree(tmp)
     llm = model.model.model  # LudwigModel -> LLM -> transformers model
     llm.save_pretrained(str(tmp), safe_serialization=True)
-    model.model.tokenizer.save_pretrained(str(tmp)) if hasattr(model.model, "tokenizer") else None
+    if hasattr(model.model, "tokenizer"):
+        model.model.tokenizer.save_pretrained(str(tmp))
     os.replace(tmp, out)
 
 
