@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ftpipe.errors import SpecError
 
@@ -345,16 +345,6 @@ class DistributedSpec(Section):
     def world_size(self) -> int:
         """Number of training processes in all."""
         return self.processes_per_node * self.nodes if self.strategy != "none" else 1
-
-    @model_serializer(mode="wrap")
-    def _omit_unused_new_fields(self, handler):
-        """Fields added by issue 9 are left out of dumps while at their defaults: the spec hash (run ids,
-        resumption, the headers of the committed ludwig_configs/) of specs not using them stays as it was."""
-        data = handler(self)
-        for name in ("master_addr", "master_port", "zero_stage", "offload", "mixed_precision", "learning_rate_scaling"):
-            if name in data and data[name] == type(self).model_fields[name].default:
-                del data[name]
-        return data
 
 
 class ComputeSpec(Section):

@@ -9,6 +9,8 @@ delete the matching part of the "distributed training" workaround in ftpipe/ludw
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -121,6 +123,17 @@ def test_strategy_settings(tiny_llama_dir):
                                      str(tiny_llama_dir))["deepspeed_config"]["hf_ds_config"]
     assert ds["zero_optimization"] == {"stage": 3, "offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"}}
     assert ds["train_micro_batch_size_per_gpu"] == 8  # the spec's batch size: Ludwig gives DeepSpeed no dataloader
+
+
+def test_launcher_routes_progress_and_names_the_failing_line(tmp_path):
+    progress = "FTPIPE_PROGRESS " + json.dumps({"step": 1, "total_steps": 2})
+    script = f"import sys; print({progress!r}); print('hello'); print('ValueError: boom', file=sys.stderr); sys.exit(3)"
+    seen: list[dict] = []
+    rc, last_error = distributed._run_streaming([sys.executable, "-c", script], dict(os.environ), tmp_path,
+                                                tmp_path / "launch.log", seen.append)
+    assert (rc, last_error, seen) == (3, "ValueError: boom", [{"step": 1, "total_steps": 2}])
+    log = (tmp_path / "launch.log").read_text().splitlines()
+    assert log[0].startswith("$ ") and log[1:] == ["hello", "ValueError: boom"]  # the command, then the output
 
 
 def test_pin_one_gpu_per_process():
