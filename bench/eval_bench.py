@@ -5,7 +5,7 @@ Items: the first ITEMS_PER_TASK evaluation items of each free-generation task of
 them (`prepare_data`), each with its task's max_new_tokens. Model: the base SmolLM2-135M-Instruct through
 `ftpipe.generation.load_model`, the evaluator's loader. Batched = `generate(batch_size=16)`, the
 evaluator's default; one-by-one = `generate(batch_size=1)`. The two are run alternately (REPEATS each,
-after one warm-up call) and the medians compared; the texts must be identical (fp32 greedy).
+after warm-up calls of both shapes; batched gets one extra repeat) and the medians compared; the texts must be identical (fp32 greedy).
 
 Also reported: the demo's total evaluation time (base + tuned + few-shot base on five tasks), read from
 the newest successful demo run's manifest under ./runs (or $FTPIPE_RUNS, or BENCH_DEMO_RUNS).
@@ -100,12 +100,18 @@ def main() -> None:
     t = time.perf_counter()
     model = load_model(ModelSpec(base_path=base, device="cpu"))
     load_s = time.perf_counter() - t
-    model.generate([items[0]["prompt"]], max_new_tokens=4, batch_size=1)  # warm-up
+    # Warm-up of both shapes (the first batch-16 forward passes are much slower: allocator, kernel choice).
+    warm = [i["prompt"] for i in items[:BATCH_SIZE]]
+    model.generate(warm, max_new_tokens=8, batch_size=BATCH_SIZE)
+    model.generate(warm[:2], max_new_tokens=8, batch_size=1)
     batched_s, single_s, texts_b, texts_s = [], [], None, None
-    for r in range(a.repeats):
+    # Alternate B S B S B: batched is cheap, so it gets one more repeat than one-by-one.
+    for r in range(a.repeats + 1):
         s, texts_b = timed_generate(model, items, BATCH_SIZE, stop)
         batched_s.append(round(s, 3))
         log(f"evaluation rep {r + 1}: batched {s:.1f}s")
+        if r == a.repeats:
+            break
         s, texts_s = timed_generate(model, items, 1, stop)
         single_s.append(round(s, 3))
         log(f"evaluation rep {r + 1}: one-by-one {s:.1f}s")
@@ -116,7 +122,7 @@ def main() -> None:
         "settings": {"model": MODEL, "dtype": model.dtype, "device": model.device, "items": len(items),
                      "items_per_task": ITEMS_PER_TASK, "tasks": sorted({i["task"] for i in items}),
                      "max_new_tokens": {i["task"]: i["max_new_tokens"] for i in items}, "batch_size": BATCH_SIZE,
-                     "repeats": a.repeats, "generator": "ftpipe.generation.LoadedModel.generate"},
+                     "repeats_one_by_one": a.repeats, "repeats_batched": a.repeats + 1, "generator": "ftpipe.generation.LoadedModel.generate"},
         "model_load_s": round(load_s, 2),
         "batched_s": batched_s,
         "one_by_one_s": single_s,
