@@ -44,6 +44,7 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # ftpipe from this checkout when not installed
 from common import RESULTS, log, run_json_subprocess, write_result  # noqa: E402
 
 METHODS = ("full", "lora", "qlora")
@@ -174,19 +175,19 @@ def smollm2_path() -> str | None:
         return None
 
 
-def build_llama_1b(folder: Path, tokenizer_from: str | None) -> str:
+def build_llama_1b(folder: Path, tokenizer_from: str | None, shape: dict | None = None, dev: str = "cuda") -> str:
     """A randomly initialised ~1.1B Llama saved as an HF folder (bf16), with SmolLM2's tokenizer when available."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(**LLAMA_1B, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    cfg = LlamaConfig(**(shape or LLAMA_1B), bos_token_id=1, eos_token_id=2, pad_token_id=0)
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device(dev):
         model = LlamaForCausalLM(cfg).to(torch.bfloat16)
     model.save_pretrained(str(folder), safe_serialization=True)
     del model
     gc.collect()
-    torch.cuda.empty_cache()
+    torch.cuda.empty_cache() if dev == "cuda" else None
     if tokenizer_from:
         for f in Path(tokenizer_from).iterdir():
             if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "chat_template")):

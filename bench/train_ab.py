@@ -12,9 +12,11 @@ scheduler, logging), and none of the set-up (imports, preprocessing, model load)
 Real tokens = non-padding tokens of the batches in that window; tokens/s = real tokens / seconds.
 Padding share = padding / (batch x longest row) over the whole epoch.
 
-The first ftpipe trial records the exact batches Ludwig formed (token ids, in order); the reference
-trials replay exactly those batches, so both sides see the same rows in the same order and the same
-padding (and the recorded ids prove both tokenize identically).
+The first ftpipe trial records the exact batches Ludwig formed (token ids, in order) and the learning
+rate of every step; the reference trials replay exactly those batches and rates (and clip the global
+gradient norm at 0.5, Ludwig's default), so both sides see the same rows in the same order with the same
+padding. Check: with full fine-tuning (no dropout) on the tiny Llama, the reference's losses equal
+Ludwig's to 4 decimals at every step; with LoRA they agree at step 1 and then differ by dropout noise.
 
 Variants (the driver runs ftpipe, reference, ftpipe-grouped-lean, reference-grouped by default):
   ftpipe               `run_pipeline(demo.yaml, overrides, evaluate=False)`, as shipped.
@@ -176,6 +178,7 @@ def _timing_callback(record: dict, lean: bool = False):
             trainer.train_step = train_step
 
         def on_batch_start(self, trainer, progress_tracker, save_path, **kwargs):
+            record["lrs"].append(trainer.optimizer.param_groups[0]["lr"])
             if "t_first_batch_start" not in record:
                 record["t_first_batch_start"] = time.perf_counter()
 
@@ -222,7 +225,7 @@ def run_ftpipe_side(steps: int, record_batches: Path | None, grouped: bool, lean
     from ftpipe.train import run_pipeline
 
     console.quiet_libraries()
-    record = {"step_ends": [], "losses": [], "lengths": [], "widths": [], "batches": [], "keep_ids": record_batches is not None}
+    record = {"step_ends": [], "losses": [], "lrs": [], "lengths": [], "widths": [], "batches": [], "keep_ids": record_batches is not None}
     callback = _timing_callback(record, lean=lean)
     original_train_model = ludwig_compat.train_model
 
@@ -258,11 +261,12 @@ def run_ftpipe_side(steps: int, record_batches: Path | None, grouped: bool, lean
         "ludwig_steps": progress.get("steps"),
         "ludwig_total_tokens_used": progress.get("total_tokens_used"),
         "losses": record["losses"],
+        "learning_rates": record["lrs"],
         "batch_lengths": record["lengths"],
         "batch_order_digest": order_digest,
         "lora": {k: adapter_cfg.get(k) for k in ("r", "lora_alpha", "lora_dropout", "target_modules", "bias")},
         "trainer": {**{k: trainer_cfg.get(k) for k in ("batch_size", "learning_rate", "should_shuffle", "train_steps", "epochs",
-                                                         "use_mixed_precision")},
+                                                         "use_mixed_precision", "gradient_clipping")},
                     "optimizer": {k: trainer_cfg["optimizer"].get(k) for k in ("type", "betas", "eps", "weight_decay")},
                     "learning_rate_scheduler": {k: trainer_cfg["learning_rate_scheduler"].get(k) for k in ("decay", "warmup_fraction")}},
         "seed": result.manifest.seed,
@@ -275,6 +279,7 @@ def run_ftpipe_side(steps: int, record_batches: Path | None, grouped: bool, lean
     if record_batches is not None:
         record_batches.write_text(json.dumps({"batches": record["batches"], "lora": out["lora"], "trainer": out["trainer"],
                                               "quantization": resolved.get("quantization") or {},
+                                              "learning_rates": record["lrs"],
                                               "base_model": result.manifest.base_model, "seed": result.manifest.seed}))
     return out
 
@@ -371,8 +376,10 @@ def run_reference_side(steps: int, batches_file: Path | None, grouped: bool) -> 
     amp = DEVICE == "cuda" and bool((recorded or {}).get("trainer", {}).get("use_mixed_precision"))
     scaler = torch.amp.GradScaler("cuda") if amp else None
     opt_cfg = trainer_cfg.get("optimizer") or {}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=trainer_cfg["learning_rate"],
-                                  weight_decay=opt_cfg.get("weight_decay", 0.0) or 0.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=trainer_cfg["learning_rate"], weight_decay=opt_cfg.get("weight_decay", 0.0) or 0.0,
+                                  betas=tuple(opt_cfg.get("betas") or (0.9, 0.999)), eps=opt_cfg.get("eps") or 1e-8)
+    clip = ((trainer_cfg.get("gradient_clipping") or {}).get("clipglobalnorm") if recorded else 0.5)
     warm = max(1, round((trainer_cfg.get("learning_rate_scheduler") or {}).get("warmup_fraction", 0.0) * steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm)))
@@ -390,9 +397,11 @@ def run_reference_side(steps: int, batches_file: Path | None, grouped: bool) -> 
         return ids, mask, labels
 
     comps: dict[str, list[float]] = {"forward_with_loss": [], "backward": [], "optimizer_step": []}
-    step_ends, lengths, losses = [], [], []
+    step_ends, lengths, losses, lrs = [], [], [], []
     setup = time.perf_counter() - t0
-    for batch in batches:
+    # Ludwig's learning rate of every step, as recorded (its warmup + decay schedule), else the LambdaLR above.
+    replay_lrs = (recorded or {}).get("learning_rates") or None
+    for step, batch in enumerate(batches):
         ids, mask, labels = (x.to(DEVICE) for x in collate(batch))
         t = time.perf_counter()
         if amp:
@@ -405,6 +414,14 @@ def run_reference_side(steps: int, batches_file: Path | None, grouped: bool) -> 
         (scaler.scale(loss) if amp else loss).backward()
         _sync()
         t2 = time.perf_counter()
+        if replay_lrs is not None and step < len(replay_lrs):
+            for group in optimizer.param_groups:
+                group["lr"] = replay_lrs[step]
+        lrs.append(optimizer.param_groups[0]["lr"])
+        if amp:
+            scaler.unscale_(optimizer)
+        if clip:  # Ludwig's default: clip the global gradient norm at 0.5 (ftpipe leaves it at that)
+            torch.nn.utils.clip_grad_norm_(trainable, clip)
         if amp:
             scaler.step(optimizer)
             scaler.update()
@@ -422,8 +439,8 @@ def run_reference_side(steps: int, batches_file: Path | None, grouped: bool) -> 
         step_ends.append(time.perf_counter())
     out = summarize_steps(step_ends, lengths, WARMUP_STEPS, comps)
     out.update({"side": "reference-grouped" if grouped else "reference", "setup_s": round(setup, 2), "batches": info,
-                "torch_threads": torch.get_num_threads(), "losses": losses, "batch_lengths": lengths,
-                "attn_implementation": getattr(model.get_base_model().config, "_attn_implementation", None),
+                "torch_threads": torch.get_num_threads(), "losses": losses, "learning_rates": lrs, "grad_clip_global_norm": clip, "batch_lengths": lengths,
+                "attn_implementation": getattr(model.config, "_attn_implementation", None),
                 "lora": lora, "seed": seed, "device": DEVICE, "adapter": ADAPTER, "autocast_fp16": amp,
                 "peak_memory_gib": _peak_memory_gib()})
     return out
