@@ -4,8 +4,8 @@ Items: the first ITEMS_PER_TASK evaluation items of each free-generation task of
 (ticket_routing, order_extraction, capitals, word_opposites), rendered exactly as the evaluator renders
 them (`prepare_data`), each with its task's max_new_tokens. Model: the base SmolLM2-135M-Instruct through
 `ftpipe.generation.load_model`, the evaluator's loader. Batched = `generate(batch_size=16)`, the
-evaluator's default; one-by-one = `generate(batch_size=1)`. The two are run alternately (REPEATS each,
-after warm-up calls of both shapes; batched gets one extra repeat) and the medians compared; the texts must be identical (fp32 greedy).
+evaluator's default; one-by-one = `generate(batch_size=1)`. The two alternate, batched first and last
+(REPEATS one-by-one passes, REPEATS + 1 batched, after warm-up calls of both shapes), medians compared; the texts must be identical (fp32 greedy).
 
 Also reported: the demo's total evaluation time (base + tuned + few-shot base on five tasks), read from
 the newest successful demo run's manifest under ./runs (or $FTPIPE_RUNS, or BENCH_DEMO_RUNS).
@@ -25,7 +25,7 @@ from common import DEMO_SPEC, REPO, log, median, write_result  # noqa: E402
 
 ITEMS_PER_TASK = 16
 BATCH_SIZE = 16
-REPEATS = 2
+REPEATS = 1
 MODEL = os.environ.get("BENCH_BASE_MODEL", "smollm2-135m-instruct")
 
 

@@ -8,7 +8,7 @@
 Each benchmark runs in its own process, never two at once (2 cores: parallel torch jobs oversubscribe).
 The table is also written to bench/results/table.md.
 
-  python bench/run_all.py                 # everything (about 12-15 minutes on 2 CPU cores)
+  python bench/run_all.py                 # everything (13-15 minutes on 2 CPU cores)
   python bench/run_all.py --only training --rounds 2
   python bench/run_all.py --table         # print the table of the latest results, run nothing
   python bench/run_all.py --quick         # smoke test: tiny model, few steps (numbers meaningless)
@@ -131,7 +131,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=BENCHMARKS, action="append")
     ap.add_argument("--rounds", type=int, default=3, help="training A/B rounds (each: ftpipe, reference, both grouped)")
-    ap.add_argument("--grouped-rounds", type=int, default=None, help="rounds that also run the extra variants (default: all)")
+    ap.add_argument("--grouped-rounds", type=int, default=2, help="rounds that also run the extra variants")
     ap.add_argument("--extra-sides", default=None, help="training variants after ftpipe, reference (see bench/train_ab.py)")
     ap.add_argument("--table", action="store_true", help="print the table of the latest results only")
     ap.add_argument("--quick", action="store_true", help="smoke test on the tiny model (results are not kept as the real ones)")
