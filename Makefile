@@ -24,6 +24,7 @@ demo: $(STAMP)
 	$(BIN)/ftpipe run pipelines/demo.yaml
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/ftpipe models pull tiny-llama
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
@@ -31,7 +32,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 configs: $(STAMP)
-	$(BIN)/python -m ftpipe.configs
+	$(BIN)/python -m ftpipe.training.golden
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

@@ -3,7 +3,7 @@
 Items: the first ITEMS_PER_TASK evaluation items of each free-generation task of pipelines/demo.yaml
 (ticket_routing, order_extraction, capitals, word_opposites), rendered exactly as the evaluator renders
 them (`prepare_data`), each with its task's max_new_tokens. Model: the base SmolLM2-135M-Instruct through
-`ftpipe.generation.load_model`, the evaluator's loader. Batched = `generate(batch_size=16)`, the
+`ftpipe.evaluation.generation.load_model`, the evaluator's loader. Batched = `generate(batch_size=16)`, the
 evaluator's default; one-by-one = `generate(batch_size=1)`. The two alternate, batched first and last
 (REPEATS one-by-one passes, REPEATS + 1 batched, after warm-up calls of both shapes), medians compared; the texts must be identical (fp32 greedy).
 
@@ -30,7 +30,7 @@ MODEL = os.environ.get("BENCH_BASE_MODEL", "smollm2-135m-instruct")
 
 
 def demo_items() -> list[dict]:
-    from ftpipe import store
+    from ftpipe.models import store
     from ftpipe.data import load_tokenizer, prepare_data
     from ftpipe.spec import load_spec
     from transformers import AutoConfig
@@ -94,7 +94,7 @@ def main() -> None:
     from ftpipe.console import quiet_libraries
 
     quiet_libraries()
-    from ftpipe.generation import ModelSpec, load_model
+    from ftpipe.evaluation.generation import ModelSpec, load_model
 
     items, base, stop = demo_items()
     t = time.perf_counter()
@@ -122,7 +122,7 @@ def main() -> None:
         "settings": {"model": MODEL, "dtype": model.dtype, "device": model.device, "items": len(items),
                      "items_per_task": ITEMS_PER_TASK, "tasks": sorted({i["task"] for i in items}),
                      "max_new_tokens": {i["task"]: i["max_new_tokens"] for i in items}, "batch_size": BATCH_SIZE,
-                     "repeats_one_by_one": a.repeats, "repeats_batched": a.repeats + 1, "generator": "ftpipe.generation.LoadedModel.generate"},
+                     "repeats_one_by_one": a.repeats, "repeats_batched": a.repeats + 1, "generator": "ftpipe.evaluation.generation.LoadedModel.generate"},
         "model_load_s": round(load_s, 2),
         "batched_s": batched_s,
         "one_by_one_s": single_s,

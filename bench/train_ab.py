@@ -121,7 +121,7 @@ def _peak_memory_gib() -> float | None:
 
 def _timing_callback(record: dict, lean: bool = False):
     """A Ludwig callback recording, per step: end time, batch lengths, ids (optional), component times."""
-    from ftpipe.ludwig_compat import import_ludwig
+    from ftpipe.training.ludwig_compat import import_ludwig
 
     import_ludwig()
     from ludwig.callbacks import Callback
@@ -198,7 +198,7 @@ def _install_grouping_patches(seed: int, batch_size: int) -> None:
     """
     import types
 
-    import ftpipe.compile as compile_mod
+    import ftpipe.training.compile as compile_mod
     import ftpipe.data as data_mod
 
     original_frame, original_compile = data_mod.training_frame, compile_mod.compile_spec
@@ -221,8 +221,9 @@ def _install_grouping_patches(seed: int, batch_size: int) -> None:
 
 
 def run_ftpipe_side(steps: int, record_batches: Path | None, grouped: bool, lean: bool = False) -> dict:
-    from ftpipe import console, ludwig_compat
-    from ftpipe.train import run_pipeline
+    from ftpipe import console
+    from ftpipe.training import ludwig_compat
+    from ftpipe.lifecycle import run_pipeline
 
     console.quiet_libraries()
     record = {"step_ends": [], "losses": [], "lrs": [], "lengths": [], "widths": [], "batches": [], "keep_ids": record_batches is not None}
@@ -338,7 +339,7 @@ def reference_batches(rows: list[dict], recorded: dict | None, grouped: bool, st
 
 def run_reference_side(steps: int, batches_file: Path | None, grouped: bool) -> dict:
     import torch
-    from ftpipe import store
+    from ftpipe.models import store
     from ftpipe.console import quiet_libraries
     from ftpipe.data import load_tokenizer
     from peft import LoraConfig, get_peft_model

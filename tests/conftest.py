@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ftpipe import paths, store
+from ftpipe import paths
+from ftpipe.models import store
 
 # The real store (default ~/.cache/ftpipe), captured before any test points FTPIPE_HOME elsewhere:
 # session fixtures pull into it, so a second test run downloads and converts nothing.
@@ -59,7 +60,7 @@ def ftpipe_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def finished_tiny_runs(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     """Two finished, evaluated runs of the tiny LoRA spec (different seeds): (runs root, [run A, run B])."""
-    from ftpipe.train import run_pipeline
+    from ftpipe.lifecycle import run_pipeline
 
     root = tmp_path_factory.mktemp("runs")
     spec = Path(__file__).parent / "fixtures" / "specs" / "tiny_lora.yaml"

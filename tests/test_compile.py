@@ -10,9 +10,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ftpipe import ludwig_compat
-from ftpipe.compile import CompileContext, compile_spec
-from ftpipe.configs import compiled_for_spec, example_specs, golden_path
+from ftpipe.training import ludwig_compat
+from ftpipe.training import CompileContext, compile_spec
+from ftpipe.training.golden import compiled_for_spec, example_specs, golden_path
 from ftpipe.spec import PipelineSpec
 
 EXAMPLES = example_specs()

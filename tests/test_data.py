@@ -11,8 +11,8 @@ import pytest
 
 from ftpipe.data import find_leaks, mixture_counts, prepare_data, row_hash, split_of, take_rows
 from ftpipe.errors import DataError
-from ftpipe.sources import read_source, text_passages
-from ftpipe.spec import load_spec
+from ftpipe.data.sources import read_source, text_passages
+from ftpipe import load_spec
 
 ROWS = [{"question": f"What is item number {i} called in the catalogue?", "answer": f"thing{i}"} for i in range(60)]
 

@@ -18,9 +18,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ftpipe import distributed, ludwig_compat
+from ftpipe.training import distributed, ludwig_compat
 from ftpipe.cli import app
-from ftpipe.compile import CompileContext, compile_spec
+from ftpipe.training import CompileContext, compile_spec
 from ftpipe.errors import BadInputError, SpecError
 from ftpipe.spec import DistributedSpec, PipelineSpec, load_spec
 
@@ -29,7 +29,7 @@ DDP2 = ["compute.distributed.strategy=ddp", "compute.distributed.processes_per_n
 
 
 def spec_with(**distributed_fields) -> PipelineSpec:
-    return load_spec(SPEC, [f"compute.distributed.{k}={v}" for k, v in distributed_fields.items()], check_files=False).spec
+    return load_spec(SPEC, [f"compute.distributed.{k}={v}" for k, v in distributed_fields.items()]).spec
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,12 +56,12 @@ def test_defaults_are_one_process():
 ])
 def test_impossible_combinations_are_spec_errors(overrides, message):
     with pytest.raises(SpecError, match=message):
-        load_spec(SPEC, overrides, check_files=False)
+        load_spec(SPEC, overrides)
 
 
 def test_qlora_with_zero2_and_ddp_are_allowed():
     for extra in (["compute.distributed.strategy=deepspeed", "compute.distributed.zero_stage=2"], DDP2):
-        assert load_spec(SPEC, ["adapter.type=qlora", *extra], check_files=False).spec.adapter.type == "qlora"
+        assert load_spec(SPEC, ["adapter.type=qlora", *extra]).spec.adapter.type == "qlora"
 
 
 def test_cli_validate_refuses_qlora_with_zero3_exit_code_2():
@@ -86,7 +86,7 @@ def test_torchrun_command_one_machine_picks_a_free_port(tmp_path):
     cmd = distributed.torchrun_command(spec_with(strategy="ddp", processes_per_node=8).compute.distributed,
                                        tmp_path / "job.json", python="python")
     assert cmd == ["python", "-m", "torch.distributed.run", "--nproc_per_node", "8", "--standalone",
-                   "-m", "ftpipe.distributed", "worker", str(tmp_path / "job.json")]
+                   "-m", "ftpipe.training.distributed", "worker", str(tmp_path / "job.json")]
 
 
 def test_torchrun_command_for_several_machines(tmp_path):
@@ -94,7 +94,7 @@ def test_torchrun_command_for_several_machines(tmp_path):
     cmd = distributed.torchrun_command(d, tmp_path / "job.json", node_rank=2, python="python")
     assert cmd == ["python", "-m", "torch.distributed.run", "--nproc_per_node", "8", "--nnodes", "4", "--node_rank", "2",
                    "--master_addr", "10.0.0.1", "--master_port", "29400",
-                   "-m", "ftpipe.distributed", "worker", str(tmp_path / "job.json")]
+                   "-m", "ftpipe.training.distributed", "worker", str(tmp_path / "job.json")]
     with pytest.raises(BadInputError, match="outside 0..3"):
         distributed.torchrun_command(d, tmp_path / "job.json", node_rank=4)
 
@@ -129,7 +129,7 @@ def test_launcher_routes_progress_and_names_the_failing_line(tmp_path):
     progress = "FTPIPE_PROGRESS " + json.dumps({"step": 1, "total_steps": 2})
     script = f"import sys; print({progress!r}); print('hello'); print('ValueError: boom', file=sys.stderr); sys.exit(3)"
     seen: list[dict] = []
-    rc, last_error = distributed._run_streaming([sys.executable, "-c", script], dict(os.environ), tmp_path,
+    rc, last_error = distributed.run_streaming([sys.executable, "-c", script], dict(os.environ), tmp_path,
                                                 tmp_path / "launch.log", seen.append)
     assert (rc, last_error, seen) == (3, "ValueError: boom", [{"step": 1, "total_steps": 2}])
     log = (tmp_path / "launch.log").read_text().splitlines()
@@ -212,7 +212,7 @@ def _final_training_loss(run_dir: Path) -> float:
 
 
 def test_two_processes_make_the_same_run_as_one(tiny_llama_dir, tmp_path, capsys):
-    from ftpipe.train import run_pipeline
+    from ftpipe.lifecycle import run_pipeline
 
     steps = ["training.max_steps=4"]
     start = time.monotonic()
@@ -251,8 +251,16 @@ def test_two_processes_make_the_same_run_as_one(tiny_llama_dir, tmp_path, capsys
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_gpus(strategy, tiny_llama_dir, tmp_path):
-    from ftpipe.train import run_pipeline
+    from ftpipe.lifecycle import run_pipeline
 
     result = run_pipeline(SPEC, ["training.max_steps=4", f"compute.distributed.strategy={strategy}",
                                  "compute.distributed.processes_per_node=2", "compute.device=cuda"], tmp_path)
     assert result.manifest.status == "succeeded" and (result.run_dir / "adapter").exists()
+
+
+def test_cli_join_refuses_rank_zero_and_waits_for_a_launched_run(tmp_path):
+    runner = CliRunner()
+    refused = runner.invoke(app, ["join", "--job", "x.json", "--node-rank", "0"])
+    assert refused.exit_code == 2 and "node 0 is the machine running `ftpipe run`" in refused.output
+    missing = runner.invoke(app, ["join", str(SPEC), "--node-rank", "1", "--runs-dir", str(tmp_path), "--wait", "0"])
+    assert missing.exit_code == 2 and "no launched run of" in missing.output

@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 
 from ftpipe.data import EvalItem
-from ftpipe.evaluate import TaskScores, cache_key, compare_task, extract_code, fit_diagnosis, verdict, _cached, _store
-from ftpipe.report import render_markdown, summary_table
+from ftpipe.evaluation.cache import cache_key, load_cached, store_cached
+from ftpipe.evaluation.compare import compare_task, verdict
+from ftpipe.evaluation.diagnostics import fit_diagnosis
+from ftpipe.evaluation.scoring import TaskScores, extract_code
+from ftpipe.evaluation.report import render_markdown, summary_table
 from ftpipe.spec import PipelineSpec, TaskSpec
 
 SPEC = PipelineSpec.model_validate({"name": "e", "base_model": "tiny-llama",
@@ -91,9 +94,9 @@ def test_cache_key_changes_with_prompts_and_decoding(tmp_path, monkeypatch):
     longer = SPEC.model_copy(update={"generation": SPEC.generation.model_copy(update={"max_new_tokens": 64})})
     assert key != cache_key("model", TASK, ["p1", "p2"], items(2), longer)
     scores = TaskScores("contains", [1.0, 0.0], ["a", "b"])
-    assert _cached(key) is None
-    _store(key, scores)
-    assert _cached(key) == scores
+    assert load_cached(key) is None
+    store_cached(key, scores)
+    assert load_cached(key) == scores
 
 
 def test_report_table_and_markdown():
@@ -110,7 +113,7 @@ def test_report_table_and_markdown():
 
 
 def test_loss_curves_read_both_shapes_of_ludwig_statistics():
-    from ftpipe.evaluate import loss_curves
+    from ftpipe.evaluation.diagnostics import loss_curves
 
     nested = {"training": {"combined": {"loss": [2.0, 1.0]}}, "validation": {"combined": {"loss": [2.1, 1.2]}}}
     flat = {"training": {"combined": [2.0, 1.0]}, "validation": {"combined": [2.1, 1.2]}, "test": {}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ftpipe.gates import evaluate_gates
+from ftpipe.lifecycle.gates import evaluate_gates
 from ftpipe.spec import GatesSpec
 
 

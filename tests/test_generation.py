@@ -1,4 +1,4 @@
-"""ftpipe.generation on tiny models: batching equals one-by-one, adapters, scoring, merging, 4-bit.
+"""ftpipe.evaluation.generation on tiny models: batching equals one-by-one, adapters, scoring, merging, 4-bit.
 
 The store's tiny-llama (tied embeddings, init std 0.02) greedily repeats the prompt's last token
 forever, which would make every generation test pass vacuously. ``varied_base`` re-draws its layer
@@ -21,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 from ftpipe.errors import BadInputError, ModelNotFoundError  # noqa: E402
-from ftpipe.generation import (  # noqa: E402
+from ftpipe.evaluation.generation import (  # noqa: E402
     LoadedModel,
     ModelSpec,
     load_model,
@@ -164,7 +164,7 @@ def _reference_generate(lm: LoadedModel, prompt: str, max_new_tokens: int) -> st
 
 def test_import_is_light():
     code = (
-        "import sys, ftpipe.generation; "
+        "import sys, ftpipe.evaluation.generation; "
         "print(sorted({'torch', 'transformers', 'peft', 'ludwig'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

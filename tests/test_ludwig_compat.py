@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-from ftpipe import ludwig_compat
-from ftpipe.compile import CompileContext, compile_spec
+from ftpipe.training import ludwig_compat
+from ftpipe.training import CompileContext, compile_spec
 from ftpipe.errors import CompileError
 from ftpipe.spec import PipelineSpec
-from ftpipe.templates import chat_prompt
+from ftpipe.data.templates import chat_prompt
 
 ludwig_compat.import_ludwig()
 

@@ -4,8 +4,7 @@ import math
 
 import pytest
 
-from ftpipe import metrics
-from ftpipe.metrics import (
+from ftpipe.evaluation.metrics import (
     METRIC_KINDS,
     classification_scores,
     contains_match,
@@ -97,10 +96,6 @@ def test_rouge_l():
     assert rouge_l("the cat", ref) == pytest.approx(0.5)
     assert rouge_l("dogs bark", ref) == 0.0
     assert rouge_l("cats running", "cat run") == pytest.approx(1.0)  # Porter stemming
-
-
-def test_rouge_scorer_is_cached():
-    assert metrics._rouge_scorer() is metrics._rouge_scorer()
 
 
 @pytest.mark.parametrize(

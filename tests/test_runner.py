@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from ftpipe.errors import EXIT_LOCKED, LockedError
-from ftpipe.runs import PipelineLock, display_status, list_runs, load_manifest
-from ftpipe.train import run_pipeline
+from ftpipe.lifecycle.runs import PipelineLock, display_status, list_runs, load_manifest
+from ftpipe.lifecycle import run_pipeline
 
 SPECS = Path(__file__).parent / "fixtures" / "specs"
 TINY = SPECS / "tiny_lora.yaml"
@@ -96,7 +96,7 @@ def test_sigkill_mid_training_then_rerun_resumes_and_finishes(tmp_path, tiny_lla
     assert not (run_dir / "report.json").exists()
     import sqlite3
 
-    from ftpipe import history
+    from ftpipe.lifecycle import history
 
     with sqlite3.connect(isolated_history) as conn:  # the history survives the kill, intact
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ftpipe import sandbox
-from ftpipe.sandbox import SandboxResult, run_many, run_python
+from ftpipe.evaluation import sandbox
+from ftpipe.evaluation.sandbox import SandboxResult, run_many, run_python
 
 KERNEL_LAYERS = bool(sandbox._unshare_prefix() or sandbox._landlock_abi())
 

@@ -10,9 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ftpipe import history
+from ftpipe.lifecycle import history
 from ftpipe.errors import EXIT_GATE_FAILED, EXIT_LOCKED
-from ftpipe.runs import list_runs, promoted_run
+from ftpipe.lifecycle.runs import list_runs, promoted_run
 
 FIXTURE = Path(__file__).parent / "fixtures" / "schedule"
 ROOT = Path(__file__).parent.parent

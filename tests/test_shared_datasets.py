@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ftpipe.data import prepare_data
-from ftpipe.spec import load_spec
+from ftpipe import load_spec
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent: the real datasets are not on this machine")
@@ -101,8 +101,8 @@ def test_real_dataset_reads_renders_and_splits(tmp_path, tokenizer, name):
 
 def test_reference_solutions_pass_in_the_sandbox(tmp_path, tokenizer):
     """The code tasks' own reference solutions pass their tests: the scoring path is right."""
-    from ftpipe.evaluate import extract_code
-    from ftpipe.sandbox import run_many
+    from ftpipe.evaluation.scoring import extract_code
+    from ftpipe.evaluation.sandbox import run_many
 
     for name in ("mbpp", "humaneval"):
         spec = tmp_path / f"{name}.yaml"

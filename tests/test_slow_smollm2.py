@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ftpipe.train import run_pipeline
+from ftpipe.lifecycle import run_pipeline
 
 DEMO = Path(__file__).parent.parent / "pipelines" / "demo.yaml"
 

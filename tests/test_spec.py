@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from ftpipe.cli import app
 from ftpipe.errors import SpecError
-from ftpipe.spec import LoraAdapter, QloraAdapter, load_spec, spec_json_schema
+from ftpipe import load_spec
+from ftpipe.spec import LoraAdapter, QloraAdapter, spec_json_schema
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DATA = FIXTURES / "data"

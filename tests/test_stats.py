@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from ftpipe.stats import (
+from ftpipe.evaluation.stats import (
     McNemarResult,
     forgetting,
     mcnemar_exact,

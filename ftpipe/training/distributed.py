@@ -4,14 +4,15 @@ No distributed machinery of our own. torchrun starts the processes (and spans ma
 Accelerate strategy, wired in by the "distributed training" workaround in ludwig_compat, does
 DDP / FSDP / DeepSpeed. This module only glues them together:
 
-- `train_distributed` (called by train._train in the `ftpipe run` process) writes a job folder
+- `train_distributed` (called by the train stage, ftpipe.training.train, in the `ftpipe run` process) writes a job folder
   `training/_dist/` (the compiled config, the training rows, the strategy settings), runs torchrun,
   streams rank 0's progress into ftpipe's progress bar and every other line into `launch.log`;
-- `python -m ftpipe.distributed worker JOB` runs on every rank: Ludwig trains with the shim, and
+- `python -m ftpipe.training.distributed worker JOB` runs on every rank: Ludwig trains with the shim, and
   rank 0 alone writes the model, the statistics and `result.json`, so that afterwards the run folder
   holds what a one-process run leaves and evaluation and report follow unchanged;
-- `python -m ftpipe.distributed join ...` starts the processes of machines 1..N-1 of a run that
-  `ftpipe run` started on machine 0 (docs/distributed.md).
+- `ftpipe join SPEC --node-rank K` (or `python -m ftpipe.training.distributed join --job JOB ...`)
+  starts the processes of machines 1..N-1 of a run that `ftpipe run` started on machine 0
+  (docs/distributed.md); finding the job of a spec's running run is the lifecycle's business.
 
 Torch and Ludwig are imported only in the workers (and by ludwig_compat).
 """
@@ -162,7 +163,7 @@ def torchrun_command(d: DistributedSpec, job_file: Path, node_rank: int = 0, pyt
             raise BadInputError(f"node rank {node_rank} is outside 0..{d.nodes - 1}", hint="give each machine its own rank")
         cmd += ["--nnodes", str(d.nodes), "--node_rank", str(node_rank),
                 "--master_addr", str(d.master_addr), "--master_port", str(d.master_port)]
-    return cmd + ["-m", "ftpipe.distributed", "worker", str(job_file)]
+    return cmd + ["-m", "ftpipe.training.distributed", "worker", str(job_file)]
 
 
 def write_job(config: dict, frame, train_dir: Path, spec: PipelineSpec, *, device: str, resume: bool,
@@ -223,7 +224,7 @@ def train_distributed(config: dict, frame, train_dir: Path, spec: PipelineSpec, 
     cmd = torchrun_command(d, job_file)
     log_path = job_dir / "launch.log"
     start = time.monotonic()
-    rc, last_error = _run_streaming(cmd, launch_env(d, device), job_dir, log_path, on_step)
+    rc, last_error = run_streaming(cmd, launch_env(d, device), job_dir, log_path, on_step)
     _set_job_status(job_file, "finished" if rc == 0 else "failed")
     if rc != 0:
         raise TrainError(f"distributed training failed (torchrun exit {rc}): {last_error}", hint=f"see {log_path}")
@@ -243,7 +244,7 @@ def train_distributed(config: dict, frame, train_dir: Path, spec: PipelineSpec, 
                              weights=Path(result["weights"]) if result.get("weights") else None, summary=summary)
 
 
-def _run_streaming(cmd: list[str], env: dict, cwd: Path, log_path: Path,
+def run_streaming(cmd: list[str], env: dict, cwd: Path, log_path: Path,
                    on_step: Callable[[dict], None] | None) -> tuple[int, str]:
     """Run torchrun; progress lines go to `on_step`, the rest to the log. Returns (exit code, last error line)."""
     last_error = ""
@@ -283,7 +284,7 @@ def worker_main(job_file: Path) -> int:
     """Train on this rank with Ludwig's Accelerate strategy; rank 0 writes the model and result.json."""
     job = json.loads(job_file.read_text())
     job_dir = job_file.parent
-    from ftpipe import ludwig_compat
+    from ftpipe.training import ludwig_compat
 
     if job.get("pin_gpu"):
         ludwig_compat.pin_one_gpu_per_process(os.environ)  # before torch sees the GPUs
@@ -309,10 +310,8 @@ def worker_main(job_file: Path) -> int:
     if backend.is_coordinator():
         weights = None
         if ludwig_compat.adapter_folder(saved) is None:  # full fine-tuning: the same export as one process
-            from ftpipe.train import _export_full_weights
-
             weights = job_dir / "weights"
-            _export_full_weights(model, weights)
+            ludwig_compat.export_full_weights(model, weights)
         (job_dir / "result.json").write_text(json.dumps({"stats": stats, "saved": str(saved),
                                                          "weights": str(weights) if weights else None}, default=str))
     (job_dir / f"rank{rank:04d}.json").write_text(json.dumps({
@@ -329,28 +328,15 @@ def worker_main(job_file: Path) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def find_job(spec_path: Path, overrides: list[str], root: Path | None, wait_s: float, poll_s: float = 2.0) -> Path:
-    """The job file of the newest running run of this spec (same spec hash) that node 0 has launched."""
-    from ftpipe.runs import list_runs
-    from ftpipe.spec import load_spec
-
-    loaded = load_spec(spec_path, overrides, check_files=False)
-    spec_hash, deadline = loaded.spec_hash(), time.monotonic() + wait_s
-    while True:
-        for run_dir, manifest in list_runs(root, loaded.spec.name):
-            job_file = run_dir / "training" / JOB_FOLDER / "job.json"
-            if manifest.spec_hash == spec_hash and manifest.status == "running" and job_file.exists():
-                if json.loads(job_file.read_text()).get("status") == "launched":
-                    return job_file
-        if time.monotonic() > deadline:
-            raise BadInputError(f"no launched run of {loaded.spec.name} with this spec under {root or 'the runs root'} "
-                                f"after {wait_s:.0f}s", hint="start `ftpipe run` on node 0 with the same spec and --set "
-                                                            "options, and put the runs root on storage every node sees")
-        time.sleep(poll_s)
+def node_rank_from_env() -> int:
+    """This machine's rank from $NODE_RANK or $SLURM_NODEID (-1 when neither is set)."""
+    return int(os.environ.get("NODE_RANK", os.environ.get("SLURM_NODEID", "-1")))
 
 
 def join(job_file: Path, node_rank: int) -> int:
     """Start this machine's processes of a run launched on node 0; their output goes to stdout."""
+    if node_rank < 1:
+        raise BadInputError("join needs --node-rank 1..nodes-1 (node 0 is the machine running `ftpipe run`)")
     job = json.loads(job_file.read_text())
     d = DistributedSpec.model_validate(job["distributed"])
     if d.nodes < 2:
@@ -360,31 +346,23 @@ def join(job_file: Path, node_rank: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m ftpipe.distributed worker JOB` | `join (--job JOB | SPEC [--set K=V ...]) --node-rank K`."""
-    parser = argparse.ArgumentParser(prog="python -m ftpipe.distributed", description=__doc__.split("\n\n")[0])
+    """`python -m ftpipe.training.distributed worker JOB` | `join --job JOB --node-rank K`."""
+    parser = argparse.ArgumentParser(prog="python -m ftpipe.training.distributed", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     worker = sub.add_parser("worker", help="run one rank (torchrun starts these)")
     worker.add_argument("job", type=Path)
-    joiner = sub.add_parser("join", help="start this machine's processes of a run started on node 0")
-    joiner.add_argument("spec", type=Path, nargs="?", help="the spec node 0 runs (with the same --set options)")
-    joiner.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    joiner.add_argument("--job", type=Path, help="node 0's training/_dist/job.json, instead of a spec")
-    joiner.add_argument("--root", type=Path, help="runs root shared with node 0 (default: FTPIPE_RUNS or ./runs)")
-    joiner.add_argument("--node-rank", type=int, default=int(os.environ.get("NODE_RANK", os.environ.get("SLURM_NODEID", "-1"))),
+    joiner = sub.add_parser("join", help="start this machine's processes of a run started on node 0 "
+                                         "(`ftpipe join SPEC` finds the job from the spec)")
+    joiner.add_argument("--job", type=Path, required=True, help="node 0's training/_dist/job.json")
+    joiner.add_argument("--node-rank", type=int, default=node_rank_from_env(),
                         help="this machine's rank, 1..nodes-1 (default: $NODE_RANK or $SLURM_NODEID)")
-    joiner.add_argument("--wait", type=float, default=900, help="seconds to wait for node 0 to launch")
     args = parser.parse_args(argv)
     if args.command == "worker":
         return worker_main(args.job)
     from ftpipe.errors import FtpipeError
 
     try:
-        if args.node_rank < 1:
-            raise BadInputError("join needs --node-rank 1..nodes-1 (node 0 is the machine running `ftpipe run`)")
-        if args.job is None and args.spec is None:
-            raise BadInputError("join needs a spec or --job")
-        job = args.job or find_job(args.spec, args.overrides, args.root, args.wait)
-        return join(job, args.node_rank)
+        return join(args.job, args.node_rank)
     except FtpipeError as e:
         print(f"error: {e.one_line()}", file=sys.stderr)
         return e.exit_code

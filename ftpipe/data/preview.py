@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from ftpipe.data.items import PreparedData
+from ftpipe.spec import LoadedSpec
 
 
-def preview_data(spec_path: Path, overrides: list[str] | None, examples: int = 2) -> str:
+def preview_data(loaded: LoadedSpec, prepared: PreparedData, examples: int = 2) -> str:
     """Rendered examples per task, token lengths, the realised mixture and the leakage report."""
-    from ftpipe.configs import measured_context
-    from ftpipe.spec import load_spec
-
-    loaded = load_spec(spec_path, overrides)
-    ctx, prepared = measured_context(loaded, "name")
     out = [f"# {loaded.spec.name}: data preview (fingerprint {prepared.fingerprint[:16]})", ""]
     for name, task in prepared.tasks.items():
         rows = task.train or []
@@ -30,7 +26,7 @@ def preview_data(spec_path: Path, overrides: list[str] | None, examples: int = 2
     out.append("## Mixture (training split)")
     for name, m in prepared.mixture.items():
         out.append(f"  {name:24} {m['rows']:6} rows ({m['row_share']:6.1%})  {m['tokens']:8} tokens ({m['token_share']:6.1%})")
-    out += ["", f"## Lengths: prompt <= {ctx.max_prompt_tokens} tokens, target + EOS <= {ctx.max_target_tokens} tokens", ""]
+    out += ["", f"## Lengths: prompt <= {prepared.lengths['max_prompt_tokens']} tokens, target + EOS <= {prepared.lengths['max_target_tokens']} tokens", ""]
     leak = prepared.leakage
     out.append(f"## Leakage ({leak['ngram']}-gram near-duplicates at >= {leak['threshold']:.0%} overlap, and exact matches)")
     for name, t in leak["tasks"].items():

@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from ftpipe import __version__
+from ftpipe.version import __version__
 from ftpipe.spec import FullAdapter, PipelineSpec, QloraAdapter
 
 INPUT_FEATURE = "prompt"
@@ -37,6 +37,13 @@ class CompileContext:
     max_target_tokens: int
     device: str = "cpu"
     has_validation: bool = True
+
+
+def context_for(prepared, base_model: str, device: str) -> CompileContext:
+    """The compiler's context from prepared data (measured lengths, whether a validation split exists)."""
+    return CompileContext(base_model=base_model, max_prompt_tokens=prepared.lengths["max_prompt_tokens"],
+                          max_target_tokens=prepared.lengths["max_target_tokens"], device=device,
+                          has_validation=any(r["split"] == "validation" for r in prepared.train_rows))
 
 
 def _adapter(spec: PipelineSpec) -> dict[str, Any] | None:

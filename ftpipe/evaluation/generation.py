@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ftpipe.errors import BadInputError, EvalError, ModelNotFoundError
+from ftpipe.files import sha256_file
 
 __all__ = [
     "ModelSpec",
@@ -227,38 +228,27 @@ def _check_folder(path: str, what: str) -> None:
 # ----------------------------------------------------------------------------- fingerprint
 
 
-def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
 def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
 def _weights_folder_summary(folder: Path) -> dict:
     """A full fine-tuned folder: its small text files and every weight file, by content."""
-    from ftpipe.store import FINGERPRINT_TEXT_FILES, WEIGHT_SUFFIXES
+    from ftpipe.models.registry import FINGERPRINT_TEXT_FILES, WEIGHT_SUFFIXES
 
     out: dict[str, Any] = {}
     for p in sorted(folder.iterdir()):
         if not p.is_file():
             continue
         if p.name.endswith(WEIGHT_SUFFIXES) or p.name in FINGERPRINT_TEXT_FILES:
-            out[p.name] = _sha256_file(p)
+            out[p.name] = sha256_file(p)
     return out
 
 
 def _base_summary(base: Path) -> str:
     # The store's definition: config/tokenizer files plus each weight file by the sha256 that
     # ftpipe_model.json records (or by size and mtime for folders from outside the store).
-    from ftpipe.store import model_fingerprint
+    from ftpipe.models import model_fingerprint
 
     return model_fingerprint(base)
 
@@ -275,14 +265,14 @@ def _adapter_summary(adapter: Path) -> dict:
     # Where the base lived on the training machine does not change the adapter.
     for key in ("base_model_name_or_path", "revision"):
         cfg.pop(key, None)
-    return {"adapter_config": cfg, "weights": _sha256_file(weights)}
+    return {"adapter_config": cfg, "weights": sha256_file(weights)}
 
 
 def spec_fingerprint(spec: ModelSpec) -> str:
     """A short stable hash of what ``load_model(spec)`` loads, usable before loading it.
 
     Meant as the cache key of base-model results. Covers the base folder
-    (``ftpipe.store.model_fingerprint``: config and tokenizer files plus the weight hashes its
+    (``ftpipe.models.model_fingerprint``: config and tokenizer files plus the weight hashes its
     ``ftpipe_model.json`` records, else weight sizes and mtimes), the adapter (its config without
     the base path, sha256 of its weights), full weights (sha256 of every weight and config file),
     quantization, the resolved dtype and the scoring semantics version. The device is not part

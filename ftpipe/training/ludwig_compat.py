@@ -2,13 +2,14 @@
 
 Every workaround for a Ludwig 0.17.10 bug lives here, names the bug, and has a test in
 tests/test_ludwig_compat.py that fails the day upstream behaviour changes, so it can be deleted.
+Every use of a Ludwig internal (attribute chains, output folder names, trainer hooks) is here too.
 Bugs sidestepped by configuration instead of patches (see shared/LUDWIG.md):
 - prompt cut at the last pad token / padding attended: the store saves tokenizers with pad id 0
-  (`<|endoftext|>`), which never occurs in text (ftpipe/store.py);
+  (`<|endoftext|>`), which never occurs in text (ftpipe/models/store.py);
 - prompts truncated from the end: the compiler sets sequence lengths from measured token counts;
 - unknown keys silently dropped: `check_config` fails when Ludwig did not keep a key we set;
 - wrong LLM eval metrics and one-row-at-a-time generation: the evaluator scores its own
-  batched generations (ftpipe/generation.py) and never uses Ludwig's evaluate/predict.
+  batched generations (ftpipe/evaluation/generation.py) and never uses Ludwig's evaluate/predict.
 """
 
 from __future__ import annotations
@@ -229,6 +230,26 @@ def train_model(config: dict[str, Any], frame, output_dir: Path, *, seed: int, r
     stats_file = experiment / "training_statistics.json"
     stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
     return model, stats, saved
+
+
+def export_full_weights(model, out: Path) -> None:
+    """A fully fine-tuned LudwigModel as a plain Hugging Face folder (what the evaluator and users load).
+
+    Ludwig internal: LudwigModel.model is its LLM wrapper, whose `.model` is the transformers model
+    and whose `.tokenizer` the tokenizer it trained with.
+    """
+    import shutil
+
+    from ftpipe.files import replace_folder
+
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    llm = model.model.model
+    llm.save_pretrained(str(tmp), safe_serialization=True)
+    if hasattr(model.model, "tokenizer"):
+        model.model.tokenizer.save_pretrained(str(tmp))
+    replace_folder(tmp, out)
 
 
 def load_model(path: Path):

@@ -2,57 +2,11 @@
 
 from __future__ import annotations
 
-import csv
-import json
 from contextlib import contextmanager
 from pathlib import Path
 
+from ftpipe.data.formats import SUFFIX_FORMATS, detect_format, peek_columns  # noqa: F401 (re-exported)
 from ftpipe.errors import DataError
-
-SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
-                  ".parquet": "parquet", ".txt": "text", ".md": "text"}
-
-
-def detect_format(path: Path, declared: str = "auto") -> str:
-    """The reader for a path: the declared one, else by extension (a folder is a saved `datasets` dataset)."""
-    if declared != "auto":
-        return declared
-    if path.is_dir():
-        return "hf_disk"
-    suffixes = [s for s in path.suffixes if s != ".gz"]
-    fmt = SUFFIX_FORMATS.get(suffixes[-1].lower() if suffixes else "")
-    if fmt is None:
-        raise DataError(f"{path}: cannot tell the format from the extension",
-                        hint="set source.format to one of jsonl, json, csv, tsv, parquet, text, hf_disk")
-    return fmt
-
-
-def peek_columns(path: Path, declared: str = "auto") -> list[str] | None:
-    """Column names from the first record or header, without pandas (used by the fast `validate`).
-
-    Returns None for formats whose columns are only known after a full read.
-    """
-    try:
-        fmt = detect_format(path, declared)
-    except DataError:
-        return None
-    if fmt == "text":
-        return ["text"]
-    if path.suffix == ".gz":
-        return None
-    try:
-        if fmt == "jsonl":
-            with path.open(encoding="utf-8") as f:
-                for line in f:
-                    if line.strip():
-                        return list(json.loads(line).keys())
-            return []
-        if fmt in ("csv", "tsv"):
-            with path.open(encoding="utf-8", newline="") as f:
-                return next(csv.reader(f, delimiter="\t" if fmt == "tsv" else ","), [])
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return None
-    return None
 
 
 def text_passages(text: str, min_words: int = 12) -> list[str]:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ftpipe.runs import write_json_atomic, write_text_atomic
+from ftpipe.files import write_json_atomic, write_text_atomic
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

@@ -1,6 +1,6 @@
 """Compiled configs as files: `ftpipe compile` output and the committed ludwig_configs/ of the examples.
 
-Run `python -m ftpipe.configs` (or `make configs`) to regenerate ludwig_configs/ after changing
+Run `python -m ftpipe.training.golden` (or `make configs`) to regenerate ludwig_configs/ after changing
 pipelines/ or the compiler; tests/test_configs.py fails while they drift apart.
 """
 
@@ -8,38 +8,20 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
-from ftpipe.compile import CompileContext, compile_spec, render_compiled
-from ftpipe.spec import LoadedSpec, load_spec
+from ftpipe.data import PreparedData, prepare_for_base_model, validate_spec
+from ftpipe.models import base_model_path
+from ftpipe.training.compile import CompileContext, compile_spec, context_for, render_compiled
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def measured_context(loaded: LoadedSpec, base_model_field: str) -> tuple[CompileContext, Any]:
-    """Prepare the spec's data with the base model's tokenizer and derive the compiler's context."""
-    from ftpipe import store
-    from ftpipe.data import load_tokenizer, prepare_data, training_frame
-    from ftpipe.train import _context_length
-
-    ref = loaded.spec.base_model
-    model_path = str(store.pull(ref)) if ref in store.KNOWN_MODELS else store.resolve_base_model(ref)
-    prepared = prepare_data(loaded, load_tokenizer(model_path), _context_length(model_path))
-    frame = training_frame(prepared)
-    ctx = CompileContext(
-        base_model=model_path if base_model_field == "path" else ref,
-        max_prompt_tokens=prepared.lengths["max_prompt_tokens"],
-        max_target_tokens=prepared.lengths["max_target_tokens"],
-        device="cpu",
-        has_validation=bool((frame["split"] == 1).any()),
-    )
-    return ctx, prepared
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def compiled_for_spec(spec_path: Path, overrides: list[str] | None = None, resolve_model: bool = False) -> tuple[str, dict]:
     """(committed-form text with the store name as base_model, config dict for Ludwig's check)."""
-    loaded = load_spec(spec_path, overrides)
-    ctx, _ = measured_context(loaded, "path" if resolve_model else "name")
+    loaded = validate_spec(spec_path, overrides)
+    path = base_model_path(loaded.spec.base_model)
+    prepared: PreparedData = prepare_for_base_model(loaded, path)
+    ctx = context_for(prepared, path if resolve_model else loaded.spec.base_model, device="cpu")
     config = compile_spec(loaded.spec, ctx)
     portable = compile_spec(loaded.spec, CompileContext(**{**ctx.__dict__, "base_model": loaded.spec.base_model}))
     return render_compiled(portable, _relative(spec_path), loaded.spec_hash()), config

@@ -39,3 +39,14 @@ def chat_prompt(tokenizer: Any, user_message: str, system_prompt: str | None = N
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": user_message})
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def task_fields(task) -> set[str]:
+    """Every field a task's templates and settings read (checked against the source's columns)."""
+    names: set[str] = set()
+    for text in (task.prompt, task.target, task.tests):
+        if text:
+            names |= template_variables(text)
+    names |= {n for n in (task.answer,) if n}
+    names |= set([task.choices] if isinstance(task.choices, str) else task.choices or [])
+    return names

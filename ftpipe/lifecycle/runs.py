@@ -18,9 +18,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from ftpipe import __version__
 from ftpipe.errors import LockedError, RunNotFoundError
+from ftpipe.files import write_json_atomic
 from ftpipe.paths import runs_root
+from ftpipe.version import __version__
 
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
@@ -63,24 +64,6 @@ def now_iso() -> str:
 def new_run_id(spec_hash: str) -> str:
     """`<UTC time>-<short spec hash>`: sorts by time, and names the spec it ran."""
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + spec_hash[:8]
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file, fsync, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text via a temp file and rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def save_manifest(run_dir: Path, manifest: Manifest) -> None:

@@ -1,0 +1,87 @@
+"""What a spec names must exist: data files, the columns its templates read, the base model.
+
+These checks read only file headers (no pandas, torch or Ludwig), so `ftpipe validate` stays
+instant; every problem is one located line, `file:line:col field: message`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+
+from ftpipe.data.formats import peek_columns
+from ftpipe.data.templates import task_fields
+from ftpipe.errors import SpecError
+from ftpipe.models.registry import KNOWN_MODELS
+from ftpipe.spec import LoadedSpec, display_path, load_spec
+
+
+def validate_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpec:
+    """Load a spec and check everything it names; raise SpecError with one located line per problem."""
+    loaded = load_spec(path, overrides)
+    check_references(loaded)
+    return loaded
+
+
+def check_references(loaded: LoadedSpec) -> None:
+    """Raise SpecError listing every missing file, unknown column or unresolvable base model."""
+    problems = reference_problems(loaded)
+    if problems:
+        raise SpecError("\n".join(problems))
+
+
+def reference_problems(loaded: LoadedSpec) -> list[str]:
+    """Checks that need the file system but not torch: files exist, templates name real columns, model resolves."""
+    spec, problems = loaded.spec, []
+    where = loaded.where
+
+    problems += _check_base_model(spec.base_model, loaded, where(("base_model",)), KNOWN_MODELS)
+    task_locs = [("tasks", i) for i in range(len(spec.tasks))]
+    task_locs += [("evaluation", "held_out", i) for i in range(len(spec.evaluation.held_out))]
+    task_locs += [("data", "replay", "task")] if spec.data.replay else []
+    for task, tloc in zip(spec.all_tasks(), task_locs):
+        src = task.source
+        for key in ("path", "train", "validation", "test"):
+            value = getattr(src, key)
+            if value is not None and not loaded.resolve(value).exists():
+                problems.append(f"{where(tloc + ('source', key))} {_dotted(tloc)}.source.{key}: no such file {value} "
+                                f"(paths are relative to {display_path(loaded.base_dir)})")
+        first = src.path or src.train
+        if first is None or not loaded.resolve(first).exists():
+            continue
+        columns = None if src.read_options else peek_columns(loaded.resolve(first), src.format)
+        if columns is None:  # format whose columns are only known after a full read
+            continue
+        available = set(columns) | set(task.fields)
+        for name in sorted(task_fields(task) - available):
+            close = difflib.get_close_matches(name, sorted(available), n=1)
+            hint = f"did you mean {close[0]}?" if close else f"columns: {', '.join(sorted(columns))}"
+            problems.append(f"{where(tloc + ('prompt',))} {_dotted(tloc)}: template names missing field "
+                            f"'{name}' ({hint}; or map it under fields:)")
+        for name, column in task.fields.items():
+            if column not in columns:
+                problems.append(f"{where(tloc + ('fields', name))} {_dotted(tloc)}.fields.{name}: no column "
+                                f"'{column}' in {first} (columns: {', '.join(sorted(columns))})")
+    return problems
+
+
+def _dotted(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _check_base_model(ref: str, loaded: LoadedSpec, where: str, known: dict) -> list[str]:
+    if ref in known:
+        return []
+    candidate = loaded.resolve(ref)
+    if candidate.is_dir():
+        if (candidate / "config.json").exists():
+            return []
+        return [f"{where} base_model: {ref} has no config.json (not a Hugging Face model folder)"]
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", ref) and not ref.startswith("."):
+        return []  # a hub id: resolved from the hub cache at run time
+    close = difflib.get_close_matches(ref, list(known), n=1)
+    hint = f"did you mean {close[0]}?" if close else f"store models: {', '.join(known)}"
+    return [f"{where} base_model: unknown model '{ref}' ({hint}; or give a local folder or a hub id org/name)"]
+
+

@@ -1,0 +1,108 @@
+"""Turning a task's rows into training pairs and evaluation items (chat template included)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from ftpipe.data.items import EvalItem
+from ftpipe.data.templates import chat_prompt, render, task_fields, template_variables
+from ftpipe.spec import TaskSpec
+
+
+def bad_value(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    if isinstance(value, str) and not value.strip():
+        return True
+    return False
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering rows and items
+# --------------------------------------------------------------------------------------------
+
+
+class Renderer:
+    """Renders a task's rows; knows the tokenizer for chat templates and token counts."""
+
+    def __init__(self, tokenizer: Any, task: TaskSpec):
+        self.tokenizer = tokenizer
+        self.task = task
+
+    def wrap(self, user_message: str) -> str:
+        if self.task.kind == "perplexity" or not self.task.chat_template:
+            return user_message
+        return chat_prompt(self.tokenizer, user_message, self.task.system_prompt)
+
+    def check_fields(self, row: dict) -> str | None:
+        """The first missing or empty field a template needs, or None."""
+        for name in sorted(task_fields(self.task)):
+            if name not in row or row[name] is None:
+                return name
+            if name not in self.task.optional_fields and bad_value(row[name]):
+                return name
+        return None
+
+    def content(self, row: dict) -> str:
+        """The row's own text that the prompt shows (template boilerplate excluded): what leaks."""
+        if self.task.kind == "perplexity":
+            return str(row["text"])
+        names = sorted(template_variables(self.task.prompt)) or sorted(task_fields(self.task))
+        return "\n".join(str(row[n]) for n in names if n in row)
+
+    def training_pair(self, row: dict) -> tuple[str, str, str]:
+        """(prompt, target, user_message) for training on this row."""
+        t = self.task
+        if t.kind == "perplexity":
+            words = str(row["text"]).split()
+            head = " ".join(words[: t.prompt_words])
+            return head, " ".join(words[t.prompt_words:]), head
+        user = render(t.prompt, row)
+        if t.kind == "multiple_choice":
+            target = t.choices_of(row)[int(row[t.answer])]
+        elif t.target is not None:
+            target = render(t.target, row)
+        else:
+            target = str(as_list(row[t.answer])[0])
+        return self.wrap(user), target, user
+
+    def eval_item(self, row: dict, item_id: str) -> EvalItem:
+        t = self.task
+        if t.kind == "perplexity":
+            text = str(row["text"])
+            return EvalItem(task=t.name, item_id=item_id, prompt="", user_message=text, text=text, content=text)
+        user = render(t.prompt, row)
+        item = EvalItem(task=t.name, item_id=item_id, prompt=self.wrap(user), user_message=user, content=self.content(row))
+        if t.kind == "multiple_choice":
+            item.choices = t.choices_of(row)
+            item.answer_index = int(row[t.answer])
+            item.reference = item.choices[item.answer_index]
+        else:
+            item.reference = render(t.target, row) if t.target else None
+            item.answers = [str(a) for a in as_list(row[t.answer])] if t.answer else ([item.reference] if item.reference else [])
+            item.reference = item.reference or (item.answers[0] if item.answers else None)
+        if t.tests:
+            item.tests = render(t.tests, row)
+        return item
+
+
+def as_list(value: Any) -> list:
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)  # CSV cells hold lists as JSON text
+            if isinstance(parsed, list):
+                return parsed
+        except json.JSONDecodeError:
+            pass
+        return [value]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
+    if not texts:
+        return []
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]

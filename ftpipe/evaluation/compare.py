@@ -1,0 +1,102 @@
+"""Paired comparisons: base versus tuned on one task, and `ftpipe compare RUN_A RUN_B` over two runs.
+
+Used by people and by scheduled retraining (is the new model better than the one in service?).
+Items are matched by id, so only items both runs scored count; tasks must have the same definition.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ftpipe.data import EvalItem
+from ftpipe.errors import BadInputError
+from ftpipe.evaluation.scoring import BINARY_KINDS, TaskScores
+from ftpipe.spec import PipelineSpec, TaskSpec, load_resolved_spec
+
+
+def compare_task(task: TaskSpec, role: str, items: list[EvalItem], base: TaskScores, tuned: TaskScores,
+                 spec: PipelineSpec, few_shot: TaskScores | None = None, labels: tuple[str, str] = ("base", "tuned")) -> dict:
+    """Paired comparison of two models on the same items, with a verdict in plain words."""
+    from ftpipe.evaluation import metrics, stats
+
+    lower_better = task.kind == "perplexity"
+    delta, low, high = stats.paired_bootstrap_ci(base.scores, tuned.scores, confidence=spec.evaluation.confidence,
+                                                 n_resamples=spec.evaluation.bootstrap_resamples, seed=spec.training.seed)
+    b_value, t_value = base.value(), tuned.value()
+    entry: dict[str, Any] = {
+        "task": task.name, "role": role, "kind": task.kind, "metric": base.metric, "n": len(items),
+        labels[0]: b_value, labels[1]: t_value, "delta": t_value - b_value,
+        # The CI is of the mean per-item difference (for perplexity: of mean NLL per token).
+        "ci_of": "mean per-item NLL/token" if lower_better else base.metric,
+        "item_delta": delta, "ci_low": low, "ci_high": high,
+        "relative_change": stats.relative_change(b_value, t_value),
+        "aggregate": {labels[0]: base.aggregate, labels[1]: tuned.aggregate},
+    }
+    if role == "held_out":
+        entry["forgetting"] = stats.forgetting(b_value, t_value, higher_is_better=metrics.higher_is_better(task.kind))
+    if few_shot is not None:
+        entry["few_shot"] = few_shot.value()
+    if task.kind in BINARY_KINDS:
+        result = stats.mcnemar_exact([s >= 0.5 for s in base.scores], [s >= 0.5 for s in tuned.scores])
+        entry["mcnemar"] = {"right_to_wrong": result.b, "wrong_to_right": result.c, "p_value": result.p_value}
+        entry["flipped"] = [
+            {"item_id": i.item_id, "input": i.user_message[:300], "reference": i.reference,
+             labels[0]: bo[:300], labels[1]: to[:300]}
+            for i, bs, ts, bo, to in zip(items, base.scores, tuned.scores, base.outputs, tuned.outputs) if bs >= 0.5 > ts
+        ][:5]
+    entry["verdict"] = verdict(role, low, high, lower_better)
+    return entry
+
+
+def verdict(role: str, low: float, high: float, lower_better: bool) -> str:
+    """Plain words from the CI of the per-item delta."""
+    better, worse = (high < 0, low > 0) if lower_better else (low > 0, high < 0)
+    if role == "target":
+        return "learned" if better else ("got worse" if worse else "no significant change")
+    return "forgot" if worse else ("improved" if better else "no significant change")
+
+
+
+def _predictions(run_dir: Path, task: str) -> dict[str, dict]:
+    path = run_dir / "predictions" / f"{task}.jsonl"
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {r["item_id"]: r for r in rows}
+
+
+def compare_runs(dir_a: Path, dir_b: Path) -> dict:
+    """Paired comparison of run B's tuned model against run A's on every task both evaluated."""
+    report_a = json.loads((dir_a / "report.json").read_text()) if (dir_a / "report.json").exists() else None
+    report_b = json.loads((dir_b / "report.json").read_text()) if (dir_b / "report.json").exists() else None
+    if report_a is None or report_b is None:
+        raise BadInputError("both runs need a report (an evaluated, finished run)", hint="see `ftpipe runs list`")
+    spec_b = load_resolved_spec(dir_b / "spec.yaml", dir_b / "spec.yaml").spec
+    tasks_a = {t["task"]: t for t in report_a["tasks"]}
+    tasks_by_name = {t.name: t for t in spec_b.all_tasks()}
+    comparisons = []
+    for entry in report_b["tasks"]:
+        name = entry["task"]
+        if name not in tasks_a or tasks_a[name]["metric"] != entry["metric"]:
+            continue
+        preds_a, preds_b = _predictions(dir_a, name), _predictions(dir_b, name)
+        common = sorted(set(preds_a) & set(preds_b))
+        if not common:
+            continue
+        items = [EvalItem(task=name, item_id=i, prompt="", user_message=preds_b[i]["input"], reference=preds_b[i]["reference"])
+                 for i in common]
+        a = TaskScores(entry["metric"], [preds_a[i]["tuned_score"] for i in common], [preds_a[i]["tuned_output"] for i in common])
+        b = TaskScores(entry["metric"], [preds_b[i]["tuned_score"] for i in common], [preds_b[i]["tuned_output"] for i in common])
+        if entry["kind"] == "perplexity":  # the headline is perplexity; per-item scores are NLL/token
+            import math
+
+            a.aggregate = {"perplexity": math.exp(sum(a.scores) / len(a.scores))}
+            b.aggregate = {"perplexity": math.exp(sum(b.scores) / len(b.scores))}
+        comparisons.append(compare_task(tasks_by_name[name], entry["role"], items, a, b, spec_b, labels=("a", "b")))
+    if not comparisons:
+        raise BadInputError(f"runs {dir_a.name} and {dir_b.name} share no evaluated items", hint="compare runs of the same pipeline")
+    regressions = [c["task"] for c in comparisons if c["verdict"] in ("got worse", "forgot")]
+    return {"a": dir_a.name, "b": dir_b.name, "confidence": spec_b.evaluation.confidence, "tasks": comparisons,
+            "regressions": regressions, "few_shot_k": 0}

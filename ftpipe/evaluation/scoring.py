@@ -1,0 +1,111 @@
+"""Scoring one model on one task: generations or log-likelihoods in, per-item scores out."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ftpipe import console
+from ftpipe.data import EvalItem
+from ftpipe.spec import PipelineSpec, TaskSpec
+
+BINARY_KINDS = {"exact_match", "contains", "classification", "numeric", "code", "multiple_choice"}
+
+
+@dataclass
+class TaskScores:
+    """One model's per-item scores on one task."""
+
+    metric: str
+    scores: list[float]  # per item; the task score is their mean (perplexity: mean NLL per token)
+    outputs: list[str]
+    aggregate: dict[str, float] = field(default_factory=dict)
+
+    def value(self) -> float:
+        """The task's headline number."""
+        return self.aggregate.get(self.metric, sum(self.scores) / len(self.scores))
+
+
+
+def extract_code(text: str) -> str:
+    """The Python code in a generation: the first fenced block if there is one, else the text."""
+    match = re.search(r"```(?:python|py)?\s*\n(.*?)(?:```|\Z)", text, flags=re.S)
+    return match.group(1) if match else text
+
+
+def score_task(model: Any, task: TaskSpec, items: list[EvalItem], prompts: list[str], spec: PipelineSpec) -> TaskScores:
+    """Score one model on a task's items; `prompts` are the model inputs (zero- or few-shot)."""
+    from ftpipe.evaluation import metrics
+
+    gen, ev = spec.generation, spec.evaluation
+    reporter = console.StepReporter(f"  {task.name}", len(items))
+    try:
+        if task.kind == "multiple_choice":
+            contexts = [p for p, i in zip(prompts, items) for _ in i.choices]
+            conts = [c if p.endswith(("\n", " ")) else " " + c for p, i in zip(prompts, items) for c in i.choices]
+            lls = model.loglikelihood(contexts, conts, batch_size=ev.batch_size,
+                                      progress=lambda n: reporter.update(n // max(1, len(contexts) // len(items))))
+            acc, acc_norm, outputs, k = [], [], [], 0
+            for item in items:
+                n = len(item.choices)
+                option_ll = [ll for ll, _ in lls[k:k + n]]
+                a, an = metrics.multiple_choice_correct(option_ll, [len(c) for c in item.choices], item.answer_index)
+                acc.append(a)
+                acc_norm.append(an)
+                outputs.append(item.choices[max(range(n), key=lambda j: option_ll[j])])
+                k += n
+            return TaskScores("acc", acc, outputs, {"acc": _mean(acc), "acc_norm": _mean(acc_norm)})
+        if task.kind == "perplexity":
+            nll, counts = [], []
+            for done, item in enumerate(items, start=1):
+                total, n = model.text_nll([item.text], batch_size=1)
+                nll.append(total / max(n, 1))
+                counts.append((total, n))
+                reporter.update(done)
+            ppl = metrics.perplexity(sum(t for t, _ in counts), sum(n for _, n in counts))
+            return TaskScores("perplexity", nll, ["" for _ in items], {"perplexity": ppl})
+
+        outputs = model.generate(prompts, max_new_tokens=task.max_new_tokens or gen.max_new_tokens, batch_size=ev.batch_size,
+                                 stop=gen.stop or None, progress=reporter.update)
+    finally:
+        reporter.close()
+    if task.kind == "classification":
+        predicted = [metrics.match_label(o, task.labels) for o in outputs]
+        gold = [i.reference for i in items]
+        scores = [float(p is not None and metrics.normalize_text(p) == metrics.normalize_text(g)) for p, g in zip(predicted, gold)]
+        agg = metrics.classification_scores(predicted, gold, task.labels)
+        return TaskScores("accuracy", scores, outputs, agg)
+    if task.kind == "code":
+        from ftpipe.evaluation.sandbox import run_many
+
+        results = run_many([extract_code(o) + "\n\n" + (i.tests or "") for o, i in zip(outputs, items)])
+        return TaskScores("pass@1", [float(r.passed) for r in results], outputs)
+    scorer = {
+        "exact_match": lambda o, i: metrics.exact_match(o, i.reference),
+        "contains": lambda o, i: metrics.contains_match(o, i.answers),
+        "rouge_l": lambda o, i: metrics.rouge_l(o, i.reference),
+        "numeric": lambda o, i: metrics.numeric_match(o, i.reference),
+    }[task.kind]
+    metric = {"exact_match": "exact_match", "contains": "contains", "rouge_l": "rouge_l", "numeric": "numeric_match"}[task.kind]
+    return TaskScores(metric, [scorer(o, i) for o, i in zip(outputs, items)], outputs)
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def few_shot_prompts(tokenizer: Any, task: TaskSpec, items: list[EvalItem], examples: list[dict]) -> list[str]:
+    """The base model prompted with k training examples as earlier chat turns (or as plain text)."""
+    prompts = []
+    for item in items:
+        if task.chat_template:
+            messages = [{"role": "system", "content": task.system_prompt}] if task.system_prompt else []
+            for ex in examples:
+                messages += [{"role": "user", "content": ex["user"]}, {"role": "assistant", "content": ex["target"]}]
+            messages.append({"role": "user", "content": item.user_message})
+            prompts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        else:
+            shots = "".join(f"{ex['user']}{ex['target']}\n\n" for ex in examples)
+            prompts.append(shots + item.prompt)
+    return prompts

@@ -1,0 +1,34 @@
+"""`ftpipe export RUN`: a run's model as a merged Hugging Face folder, or its adapter alone."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ftpipe.errors import RunNotFoundError
+from ftpipe.lifecycle.rerun import load_run_spec
+from ftpipe.lifecycle.runs import find_run, load_manifest
+
+
+def export_run(run_ref: str, output: Path, adapter_only: bool, root: Path | None = None) -> Path:
+    """A merged Hugging Face folder of the tuned model, or a copy of its adapter."""
+    from ftpipe.evaluation import tuned_model_spec
+    from ftpipe.evaluation.generation import merge_and_save
+
+    run_dir = find_run(run_ref, root)
+    manifest = load_manifest(run_dir)
+    if manifest.status != "succeeded":
+        raise RunNotFoundError(f"{run_dir}: status {manifest.status}; only succeeded runs are exported")
+    if output.exists():
+        raise RunNotFoundError(f"{output} exists", hint="choose a new folder")
+    adapter, weights = run_dir / "adapter", run_dir / "weights"
+    if adapter_only or weights.exists():
+        source = adapter if adapter_only else weights
+        if not source.exists():
+            raise RunNotFoundError(f"{run_dir}: no adapter (full fine-tuning run)", hint="export without --adapter-only")
+        tmp = output.with_name(output.name + ".tmp")
+        shutil.copytree(source, tmp)
+        tmp.rename(output)
+        return output
+    spec = load_run_spec(run_dir).spec
+    return merge_and_save(tuned_model_spec(run_dir, spec, manifest.base_model, "cpu"), output)

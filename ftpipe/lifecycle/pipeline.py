@@ -1,0 +1,220 @@
+"""`ftpipe run`: spec -> data -> Ludwig config -> trained model -> evaluation -> gates -> promotion.
+
+`run_pipeline` is the whole job, and `_stages` reads top to bottom as its list of stages, one
+package each: `ftpipe.data.prepare_data`, `ftpipe.training.compile_spec` + `check_config`,
+`ftpipe.training.train`, `ftpipe.evaluation.evaluate_run` + `write_report`, then the gates
+(`ftpipe.lifecycle.gates`) and the promotion pointer. Each stage writes its artifacts into the run
+folder; the manifest's status becomes `succeeded` last, so a killed or failed run is never mistaken
+for a good one, and never touches other runs.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftpipe import console
+from ftpipe.data import eval_items_as_dicts, prepare_for_base_model, training_frame, validate_spec
+from ftpipe.errors import FtpipeError, GateFailedError
+from ftpipe.files import write_json_atomic, write_text_atomic
+from ftpipe.lifecycle import history
+from ftpipe.lifecycle.runs import (
+    Manifest,
+    PipelineLock,
+    git_commit,
+    list_runs,
+    load_manifest,
+    new_run_id,
+    now_iso,
+    package_versions,
+    pipeline_dir,
+    promoted_run,
+    resumable_run,
+    save_manifest,
+    set_promoted,
+)
+from ftpipe.models import base_model_path
+from ftpipe.paths import runs_root
+from ftpipe.spec import LoadedSpec
+
+
+@dataclass
+class RunResult:
+    """What `ftpipe run` returns: the run folder, its manifest and the evaluation report (if any)."""
+
+    run_dir: Path | None
+    manifest: Manifest | None
+    report: dict | None
+    skipped: str | None = None  # why nothing ran (--if-changed)
+
+
+def run_pipeline(spec_path: Path, overrides: list[str] | None = None, root: Path | None = None,
+                 evaluate: bool = True, if_changed: bool = False) -> RunResult:
+    """Run a whole pipeline; resume the newest killed run of the same spec if there is one.
+
+    Args:
+        spec_path: The spec file.
+        overrides: `--set` overrides.
+        root: Root of run folders.
+        evaluate: Evaluate (and apply gates) after training.
+        if_changed: Do nothing when spec and data equal those of the last successful run.
+
+    Raises:
+        GateFailedError: the tuned model failed a quality gate (exit code 3); it was not promoted.
+    """
+    loaded = validate_spec(spec_path, overrides)
+    spec = loaded.spec
+    root = root or runs_root()
+    lock = PipelineLock(pipeline_dir(spec.name, root))
+    lock.acquire(f"{spec.name} from {spec_path}")
+    try:
+        if if_changed:
+            unchanged = _unchanged_since(loaded, root)
+            if unchanged is not None:
+                return RunResult(None, None, None, skipped=f"unchanged since run {unchanged}: spec and data are the same")
+        return _run_locked(loaded, root, evaluate)
+    finally:
+        lock.release()
+
+
+def _unchanged_since(loaded: LoadedSpec, root: Path) -> str | None:
+    """The id of the last successful run when spec and data fingerprint are the same, else None."""
+    from ftpipe.data import data_fingerprint
+
+    _, fingerprint = data_fingerprint(loaded)
+    for _, manifest in list_runs(root, loaded.spec.name):
+        if manifest.status == "succeeded":
+            return manifest.run_id if manifest.data_fingerprint == fingerprint else None
+    return None
+
+
+def _run_locked(loaded: LoadedSpec, root: Path, evaluate: bool) -> RunResult:
+    from ftpipe.training import preflight, resolve_device
+
+    spec = loaded.spec
+    spec_hash = loaded.spec_hash()
+    base_path = base_model_path(spec.base_model, progress=console.log)
+    device = resolve_device(spec.compute.device)
+    preflight(loaded, device)
+
+    run_dir = resumable_run(spec.name, spec_hash, root)
+    if run_dir is not None:
+        manifest = load_manifest(run_dir)
+        manifest.attempts += 1
+        manifest.pid = os.getpid()
+        console.log(f"resuming interrupted run {manifest.run_id} (attempt {manifest.attempts})")
+    else:
+        run_id = new_run_id(spec_hash)
+        run_dir = pipeline_dir(spec.name, root) / run_id
+        run_dir.mkdir(parents=True)
+        manifest = Manifest(run_id=run_id, pipeline=spec.name, spec_path=str(loaded.path), spec_hash=spec_hash,
+                            base_model=base_path, device=device, seed=spec.training.seed,
+                            adapter=spec.adapter.type, versions=package_versions(), git_commit=git_commit(loaded.base_dir))
+        console.log(f"run {run_id} -> {run_dir}")
+    save_manifest(run_dir, manifest)
+    history.record_run(manifest, run_dir)
+    try:
+        report = _stages(loaded, run_dir, manifest, base_path, device, evaluate)
+    except BaseException as e:  # KeyboardInterrupt too: the run must not stay "running"
+        manifest.status = "failed"
+        manifest.error = e.one_line() if isinstance(e, FtpipeError) else f"{type(e).__name__}: {e}"
+        manifest.finished_at = now_iso()
+        save_manifest(run_dir, manifest)
+        history.record_run(manifest, run_dir)
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        raise
+    gates = report.get("gates") if report else None
+    manifest.status = "succeeded"
+    manifest.finished_at = now_iso()
+    save_manifest(run_dir, manifest)
+    history.record_run(manifest, run_dir, metrics=manifest.summary, gates=gates)
+    console.log(f"run {manifest.run_id} succeeded: {run_dir}")
+    if report is not None:
+        _promote_or_refuse(run_dir, manifest, gates, loaded.spec.gates.on_failure_command)
+    return RunResult(run_dir=run_dir, manifest=manifest, report=report)
+
+
+def _stages(loaded: LoadedSpec, run_dir: Path, manifest: Manifest, base_path: str, device: str, evaluate: bool) -> dict | None:
+    """The stages of a run, in order; each writes its artifacts into the run folder."""
+    import yaml
+
+    from ftpipe.training import check_config, compile_spec, config_hash, context_for, train
+
+    spec, timings = loaded.spec, manifest.timings
+    write_text_atomic(run_dir / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+
+    with console.stage("prepare data", timings):
+        prepared = prepare_for_base_model(loaded, base_path)
+        write_json_atomic(run_dir / "data_summary.json", prepared.summary())
+        write_json_atomic(run_dir / "eval_items.json", eval_items_as_dicts(prepared))
+        manifest.data_fingerprint = prepared.fingerprint
+        for name, m in prepared.mixture.items():
+            console.log(f"  {name}: {m['rows']} rows, {m['tokens']} tokens ({m['token_share']:.0%} of tokens)")
+
+    with console.stage("compile", timings):
+        config = compile_spec(spec, context_for(prepared, base_path, device))
+        resolved = check_config(config)
+        write_text_atomic(run_dir / "ludwig_config.yaml", yaml.safe_dump(config, sort_keys=True))
+        write_text_atomic(run_dir / "ludwig_config.resolved.yaml", yaml.safe_dump(resolved, sort_keys=True))
+        manifest.config_hash = config_hash(config)
+    save_manifest(run_dir, manifest)
+
+    with console.stage("train", timings):
+        train(config, training_frame(prepared), run_dir, spec, device=manifest.device,
+              resume=manifest.attempts > 1, spec_hash=manifest.spec_hash)
+
+    if not evaluate:
+        return None
+    from ftpipe.evaluation import evaluate_run, write_report
+
+    with console.stage("evaluate", timings):
+        report = evaluate_run(run_dir, loaded=loaded, prepared=prepared, base_path=base_path, device=device)
+        report["gates"] = _judge_gates(loaded, run_dir, report)
+        write_report(run_dir, report)
+    manifest.summary = {**report.get("summary", {}), "gates_passed": report["gates"]["passed"]}
+    return report
+
+
+def _judge_gates(loaded: LoadedSpec, run_dir: Path, report: dict) -> dict:
+    from ftpipe.evaluation import compare_runs
+    from ftpipe.lifecycle.gates import evaluate_gates
+
+    gates = loaded.spec.gates
+    regression = None
+    promoted = promoted_run(loaded.spec.name, run_dir.parent.parent)
+    if gates.no_regression_vs_promoted and promoted is not None:
+        regression = compare_runs(promoted, run_dir)
+    outcome = evaluate_gates(gates, report, regression)
+    for result in outcome["results"]:
+        console.log(f"gate {'PASS' if result['passed'] else 'FAIL'} {result['gate']}: {result['detail']}")
+    return outcome
+
+
+def _notify_gate_failure(command: str | None, manifest: Manifest, run_dir: Path, failed: list[str]) -> None:
+    """Run the spec's on_failure_command (a mail, a webhook via curl, ...); its own failure is only logged."""
+    import subprocess
+
+    if not command:
+        return
+    env = {**os.environ, "FTPIPE_PIPELINE": manifest.pipeline, "FTPIPE_RUN_DIR": str(run_dir.resolve()),
+           "FTPIPE_FAILED_GATES": ",".join(failed)}
+    try:
+        result = subprocess.run(command, shell=True, env=env, timeout=120, capture_output=True, text=True)
+        if result.returncode != 0:
+            console.log(f"on_failure_command exited {result.returncode}: {result.stderr.strip()[:200]}")
+    except subprocess.TimeoutExpired:
+        console.log("on_failure_command timed out after 120 s")
+
+
+def _promote_or_refuse(run_dir: Path, manifest: Manifest, gates: dict, command: str | None = None) -> None:
+    """Promote a run that passed every gate; otherwise leave the promoted model alone and raise."""
+    if not gates["passed"]:
+        failed = [g["gate"] for g in gates["results"] if not g["passed"]]
+        _notify_gate_failure(command, manifest, run_dir, failed)
+        raise GateFailedError(f"run {manifest.run_id} failed quality gates: {', '.join(failed)}; nothing promoted",
+                              hint=f"see {run_dir / 'report.md'}")
+    set_promoted(run_dir)
+    history.record_promotion(manifest.pipeline, manifest.run_id, "promoted", now_iso())
+    console.log(f"promoted {manifest.run_id}")

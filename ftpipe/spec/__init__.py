@@ -1,0 +1,36 @@
+"""Pipeline specs: the Pydantic models, YAML loading with line numbers, and the schema docs.
+
+Public entry point: `load_spec(path, overrides)` returns a validated `LoadedSpec`. This package
+imports neither torch nor Ludwig nor the data layer (an import-linter contract checks it).
+"""
+
+from ftpipe.spec.docs import spec_json_schema, spec_reference_markdown
+from ftpipe.spec.loading import LoadedSpec, display_path, load_resolved_spec, load_spec, parse_override
+from ftpipe.spec.schema import (
+    AdaloraAdapter,
+    ComputeSpec,
+    DataSpec,
+    DistributedSpec,
+    EvaluationSpec,
+    FullAdapter,
+    GatesSpec,
+    GenerationSpec,
+    Ia3Adapter,
+    LeakageSpec,
+    LohaAdapter,
+    LoraAdapter,
+    MixingSpec,
+    PipelineSpec,
+    QloraAdapter,
+    ReplaySpec,
+    SourceSpec,
+    TaskSpec,
+    TrainingSpec,
+)
+
+__all__ = [
+    "load_spec", "load_resolved_spec", "LoadedSpec", "display_path", "parse_override", "spec_json_schema",
+    "spec_reference_markdown", "PipelineSpec", "TaskSpec", "SourceSpec", "DataSpec", "MixingSpec", "ReplaySpec",
+    "LeakageSpec", "TrainingSpec", "GenerationSpec", "EvaluationSpec", "GatesSpec", "ComputeSpec",
+    "DistributedSpec", "FullAdapter", "LoraAdapter", "QloraAdapter", "Ia3Adapter", "LohaAdapter", "AdaloraAdapter",
+]
