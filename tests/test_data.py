@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ftpipe.data import find_leaks, mixture_counts, prepare_data, row_hash, split_of, take_rows
+from ftpipe.data import find_leaks, mixture_counts, prepare_data, row_identity, split_of, take_rows
 from ftpipe.errors import DataError
 from ftpipe.data.sources import read_source, text_passages
 from ftpipe import load_spec
@@ -109,7 +109,7 @@ def test_missing_field_names_file_and_row(tmp_path, tokenizer):
     rows = ROWS[:10] + [{"question": "no answer here"}] + ROWS[10:]
     src = write_jsonl(tmp_path / "d.jsonl", rows)
     loaded = load_spec(spec_file(tmp_path, str(src)))
-    with pytest.raises(DataError, match=r"d\.jsonl row 11: field 'answer' is missing or empty"):
+    with pytest.raises(DataError, match=r"d\.jsonl line 11: field 'answer' is missing or empty"):
         prepare_data(loaded, tokenizer, 2048)
     skipping = load_spec(spec_file(tmp_path, str(src), extra="data:\n  bad_rows: skip\n"))
     assert prepare_data(skipping, tokenizer, 2048).tasks["a"].skipped_rows == 1
@@ -120,7 +120,7 @@ def test_csv_row_numbers_count_the_header(tmp_path, tokenizer):
     df.loc[4, "answer"] = ""
     df.to_csv(tmp_path / "d.csv", index=False)
     loaded = load_spec(spec_file(tmp_path, str(tmp_path / "d.csv")))
-    with pytest.raises(DataError, match=r"d\.csv row 6: field 'answer'"):
+    with pytest.raises(DataError, match=r"d\.csv line 6: field 'answer'"):
         prepare_data(loaded, tokenizer, 2048)
 
 
@@ -156,7 +156,7 @@ def test_splits_are_stable_when_rows_are_appended(tmp_path, tokenizer):
 
 
 def test_split_fractions_follow_the_hash():
-    ids = [row_hash({"i": i}, "salt") for i in range(5000)]
+    ids = [row_identity({"i": i}, ["i"], "salt") for i in range(5000)]
     splits = [split_of(h, 0.1, 0.2) for h in ids]
     assert abs(splits.count("test") / 5000 - 0.2) < 0.02 and abs(splits.count("validation") / 5000 - 0.1) < 0.02
 

@@ -20,11 +20,12 @@ from ftpipe.data.prepare import (
 )
 from ftpipe.data.preview import preview_data
 from ftpipe.data.references import check_references, validate_spec
-from ftpipe.data.splits import row_hash, split_of
+from ftpipe.data.prepare import identity_columns
+from ftpipe.data.splits import ROW_ID_VERSION, canonical, row_identity, split_of
 
 __all__ = [
     "prepare_data", "prepare_for_base_model", "PreparedData", "TaskData", "EvalItem", "SPLIT_CODES",
     "training_frame", "eval_items_as_dicts", "data_fingerprint", "load_tokenizer", "preview_data",
     "check_references", "validate_spec", "find_leaks", "normalize_for_leakage", "mixture_counts",
-    "take_rows", "row_hash", "split_of",
+    "take_rows", "row_identity", "canonical", "identity_columns", "ROW_ID_VERSION", "split_of",
 ]

@@ -32,7 +32,8 @@ def detect_format(path: Path, declared: str = "auto") -> str:
 def peek_columns(path: Path, declared: str = "auto") -> list[str] | None:
     """Column names from the first record or header, without pandas (used by the fast `validate`).
 
-    Returns None for formats whose columns are only known after a full read.
+    Returns None for formats whose columns are only known after a full read, and for empty or
+    malformed files (the full read at data preparation reports those with their line).
     """
     try:
         fmt = detect_format(path, declared)
@@ -44,14 +45,14 @@ def peek_columns(path: Path, declared: str = "auto") -> list[str] | None:
         return None
     try:
         if fmt == "jsonl":
-            with path.open(encoding="utf-8") as f:
+            with path.open(encoding="utf-8-sig") as f:
                 for line in f:
                     if line.strip():
                         return list(json.loads(line).keys())
-            return []
+            return None  # empty: the data layer says so with the file's name
         if fmt in ("csv", "tsv"):
-            with path.open(encoding="utf-8", newline="") as f:
-                return next(csv.reader(f, delimiter="\t" if fmt == "tsv" else ","), [])
+            with path.open(encoding="utf-8-sig", newline="") as f:
+                return next(csv.reader(f, delimiter="\t" if fmt == "tsv" else ","), None)
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return None
+        return None  # malformed: the full read reports the line
     return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ftpipe.data.splits import ROW_ID_VERSION
 from ftpipe.spec import TaskSpec
 
 SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}  # Ludwig's fixed split column values
@@ -37,6 +38,8 @@ class TaskData:
     validation: list[dict] = field(default_factory=list)
     eval_items: list[EvalItem] = field(default_factory=list)
     skipped_rows: int = 0
+    skipped_reasons: dict[str, int] = field(default_factory=dict)  # reason -> rows skipped under bad_rows: skip
+    duplicate_rows: int = 0  # rows identical to an earlier row of the same file, kept once
 
 
 @dataclass
@@ -56,6 +59,13 @@ class PreparedData:
         """Target and held-out tasks, in spec order."""
         return [t for t in self.tasks.values() if t.role in ("target", "held_out")]
 
+    def trained_ids(self) -> dict[str, list[str]]:
+        """Per task, the ids (12 hex characters, like item ids) of every row that trained or validated."""
+        out: dict[str, set[str]] = {}
+        for row in self.train_rows:
+            out.setdefault(row["task"], set()).add(row["row_id"][:12])
+        return {task: sorted(ids) for task, ids in out.items()}
+
     def summary(self) -> dict:
         """A JSON-able summary for the manifest and `ftpipe data`."""
         return {
@@ -65,5 +75,8 @@ class PreparedData:
             "leakage": self.leakage,
             "eval_items": {name: len(t.eval_items) for name, t in self.tasks.items() if t.eval_items},
             "skipped_rows": {name: t.skipped_rows for name, t in self.tasks.items() if t.skipped_rows},
+            "skipped_reasons": {name: t.skipped_reasons for name, t in self.tasks.items() if t.skipped_reasons},
+            "duplicate_rows": {name: t.duplicate_rows for name, t in self.tasks.items() if t.duplicate_rows},
+            "row_id_version": ROW_ID_VERSION,
             "inputs": self.input_hashes,
         }

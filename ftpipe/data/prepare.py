@@ -18,36 +18,34 @@ from ftpipe.data.items import SPLIT_CODES, EvalItem, PreparedData, TaskData
 from ftpipe.data.leakage import check_leakage
 from ftpipe.data.mixing import mixture_counts, mixture_report, take_rows
 from ftpipe.data.rendering import Renderer, count_tokens
-from ftpipe.data.sources import detect_format, read_source
-from ftpipe.data.splits import row_hash, split_of
+from ftpipe.data.sources import Row, detect_format, hub_revision, read_records, read_source, records_of
+from ftpipe.data.splits import row_identity, split_of
+from ftpipe.data.templates import task_fields
 from ftpipe.errors import DataError
 from ftpipe.files import sha256_file
 from ftpipe.spec import LoadedSpec, PipelineSpec, TaskSpec
 
 
-def _records(df) -> list[dict]:
-    """DataFrame rows as plain dicts (numpy scalars and arrays become Python values)."""
-    return json.loads(df.to_json(orient="records", force_ascii=False))
-
-
-def _read_task(loaded: LoadedSpec, task: TaskSpec) -> dict[str, list[tuple[int, dict]]]:
+def _read_task(loaded: LoadedSpec, task: TaskSpec) -> dict[str, list[Row]]:
     """Rows of a task by origin: {'all': [...]} or explicit {'train', 'validation', 'test'}; each (line, row)."""
     src = task.source
-    out: dict[str, list[tuple[int, dict]]] = {}
     if src.hub is not None:
-        out["all"] = list(enumerate(_records(read_source(None, hub=src.hub, split=src.split)), start=1))
-        return out
+        rows = list(enumerate(records_of(read_source(None, hub=src.hub, split=src.split)), start=1))
+        if not rows:
+            raise DataError(f"hub dataset {src.hub}: empty (no rows)", hint="check source.hub and source.split")
+        return {"all": rows}
     origins = {"all": src.path} if src.path else {"train": src.train, "validation": src.validation, "test": src.test}
-    for origin, rel in origins.items():
-        if rel is None:
-            continue
-        path = loaded.resolve(rel)
-        fmt = detect_format(path, src.format)
-        has_header = src.read_options.get("header", "infer") is not None
-        first_line = 2 if fmt in ("csv", "tsv") and has_header else 1  # a CSV's header is line 1
-        df = read_source(path, fmt, split=src.split, options=src.read_options)
-        out[origin] = [(i + first_line, r) for i, r in enumerate(_records(df))]
-    return out
+    return {origin: read_records(loaded.resolve(rel), src.format, split=src.split, options=src.read_options)
+            for origin, rel in origins.items() if rel is not None}
+
+
+def identity_columns(task: TaskSpec) -> list[str]:
+    """The source columns a row's identity hashes: its `id_field`, else every column the task reads."""
+    if task.id_field:
+        return [task.id_field]
+    if task.kind == "perplexity":
+        return ["text"]
+    return sorted(task.fields.get(name, name) for name in task_fields(task))
 
 
 def _source_name(task: TaskSpec, origin: str) -> str:
@@ -72,27 +70,34 @@ def _prepare_task(loaded: LoadedSpec, task: TaskSpec, role: str, tokenizer: Any,
     spec = loaded.spec
     renderer = Renderer(tokenizer, task)
     data = TaskData(task=task, role=role)
-    origins = _read_task(loaded, task)
     salt = f"{spec.data.split_seed}:{task.name}"
-    seen: set[str] = set()
+    columns = identity_columns(task)
+    first_origin: dict[str, str] = {}
     assigned: dict[str, list[tuple[str, dict]]] = {"train": [], "validation": [], "test": []}
-    for origin, rows in origins.items():
+    for origin, rows in _read_task(loaded, task).items():
         source_name = _source_name(task, origin)
+        unit = "row" if task.source.hub or detect_format(loaded.resolve(source_name), task.source.format) \
+            not in ("jsonl", "csv", "tsv") else "line"
         for line, raw in rows:
             row = _map_fields(raw, task)
-            missing = renderer.check_fields(row) if task.kind != "perplexity" else None
-            if missing:
+            problem = renderer.problem(row)
+            if problem:
+                reason, message = problem
                 if spec.data.bad_rows == "skip":
                     data.skipped_rows += 1
+                    data.skipped_reasons[reason] = data.skipped_reasons.get(reason, 0) + 1
                     continue
-                raise DataError(f"{source_name} row {line}: field '{missing}' is missing or empty (task {task.name})",
-                                hint="fix the row, or set data.bad_rows: skip")
-            rid = row_hash(raw, salt)
-            if rid in seen:  # an exact duplicate row would sit in one split twice: keep it once
-                continue
-            seen.add(rid)
+                raise DataError(f"{source_name} {unit} {line}: {message} (task {task.name})",
+                                hint="fix the row, or set data.bad_rows: skip to skip and count such rows")
+            rid = row_identity(raw, columns, salt)
+            if rid in first_origin:
+                if first_origin[rid] == origin:  # the same row twice in one file: keep it once
+                    data.duplicate_rows += 1
+                    continue
+                # the same row in two explicit split files: kept in both, so the leakage check counts it
+            first_origin.setdefault(rid, origin)
             if role != "target":
-                split = "test"
+                split = "test" if role == "held_out" else "train"
             elif origin != "all":
                 split = origin
             else:
@@ -102,11 +107,9 @@ def _prepare_task(loaded: LoadedSpec, task: TaskSpec, role: str, tokenizer: Any,
     for split in ("train", "validation"):
         if role == "held_out":
             break
-        pool = sorted(assigned[split], key=lambda x: x[0])
-        if role in ("target", "replay") and task.max_train_rows and split == "train":
+        pool = sorted(assigned[split], key=lambda x: x[0])  # id order: a deterministic random sample
+        if task.max_train_rows and split == "train":
             pool = pool[: task.max_train_rows]
-        if role == "replay":
-            pool = sorted(assigned["train"] + assigned["validation"] + assigned["test"], key=lambda x: x[0])
         rendered = []
         for rid, row in pool:
             prompt, target, user = renderer.training_pair(row)
@@ -114,16 +117,14 @@ def _prepare_task(loaded: LoadedSpec, task: TaskSpec, role: str, tokenizer: Any,
                              "__line": row["__line"], "__source": row["__source"]})
         rendered = _drop_overlong(rendered, tokenizer, max_total, spec.data.bad_rows, task, data)
         setattr(data, split, rendered)
-        if role == "replay":
-            break
 
     if role in ("target", "held_out"):
-        pool = sorted(assigned["test"], key=lambda x: x[0])  # hash order = a deterministic random sample
+        pool = sorted(assigned["test"], key=lambda x: x[0])  # id order = a deterministic random sample
         cap = task.max_items or spec.evaluation.max_items
         data.eval_items = [renderer.eval_item(row, rid[:12]) for rid, row in pool[:cap]]
         if not data.eval_items:
             raise DataError(f"task {task.name}: no evaluation items", hint="add rows or raise data.test_fraction")
-    if role == "target" and not data.train:
+    if role in ("target", "replay") and not data.train:
         raise DataError(f"task {task.name}: no training rows after splitting", hint="add rows or lower data.test_fraction")
     return data
 
@@ -137,6 +138,7 @@ def _drop_overlong(rows: list[dict], tokenizer: Any, max_total: int, policy: str
         if n + 1 > max_total:
             if policy == "skip":
                 data.skipped_rows += 1
+                data.skipped_reasons["too_long"] = data.skipped_reasons.get("too_long", 0) + 1
                 continue
             raise DataError(f"{row['__source']} row {row['__line']}: {n + 1} tokens, over the limit of {max_total} (task {task.name})",
                             hint="shorten the row, raise training.max_sequence_length, or set data.bad_rows: skip")
@@ -193,10 +195,13 @@ def prepare_data(loaded: LoadedSpec, tokenizer: Any, context_length: int) -> Pre
         replay = tasks[spec.data.replay.task.name]
         n_target = sum(counts.values())
         n_replay = max(1, round(n_target * spec.data.replay.share / (1 - spec.data.replay.share)))
+        if replay.task.max_train_rows:  # the cap counts rows taken, repeats included
+            n_replay = min(n_replay, replay.task.max_train_rows)
         train_rows += [r | {"task": replay.task.name, "split": "train"} for r in take_rows(replay.train, n_replay, rng)]
     rng.shuffle(train_rows)
 
     leakage = check_leakage(spec, tasks, train_rows)
+    _check_enough_items(spec, tasks)
     mixture = mixture_report(train_rows)
     lengths = _lengths(tokenizer, train_rows, tasks, spec)
     few_shot = {t.task.name: [{"user": r["user_message"], "target": r["target"]} for r in t.train[: spec.evaluation.few_shot]]
@@ -206,18 +211,14 @@ def prepare_data(loaded: LoadedSpec, tokenizer: Any, context_length: int) -> Pre
                         fingerprint=fingerprint, input_hashes=input_hashes, few_shot=few_shot)
 
 
-def mixture_report(train_rows: list[dict]) -> dict[str, dict]:
-    train = [r for r in train_rows if r["split"] == "train"]
-    total_rows, total_tokens = len(train), sum(r["tokens"] for r in train)
-    report: dict[str, dict] = {}
-    for r in train:
-        entry = report.setdefault(r["task"], {"rows": 0, "tokens": 0})
-        entry["rows"] += 1
-        entry["tokens"] += r["tokens"]
-    for entry in report.values():
-        entry["row_share"] = round(entry["rows"] / total_rows, 4)
-        entry["token_share"] = round(entry["tokens"] / total_tokens, 4)
-    return report
+def _check_enough_items(spec: PipelineSpec, tasks: dict[str, TaskData]) -> None:
+    """Stop before training when leakage drops left a task with too little to evaluate."""
+    floor = spec.evaluation.min_items
+    for name, data in tasks.items():
+        if data.role in ("target", "held_out") and len(data.eval_items) < floor:
+            raise DataError(f"task {name}: {len(data.eval_items)} items left to evaluate after dropping leaked items "
+                            f"(evaluation.min_items is {floor})",
+                            hint="remove the duplicated rows from training or evaluation data, or lower evaluation.min_items")
 
 
 def _lengths(tokenizer: Any, train_rows: list[dict], tasks: dict[str, TaskData], spec: PipelineSpec) -> dict[str, int]:
@@ -249,7 +250,7 @@ def _input_hashes(loaded: LoadedSpec) -> dict[str, str]:
     for task in loaded.spec.all_tasks():
         src = task.source
         if src.hub:
-            hashes[f"{task.name}:hub:{src.hub}"] = "unversioned"
+            hashes[f"{task.name}:hub:{src.hub}"] = hub_revision(src.hub, src.split)
         for key in ("path", "train", "validation", "test"):
             rel = getattr(src, key)
             if rel:

@@ -47,8 +47,13 @@ def reference_problems(loaded: LoadedSpec) -> list[str]:
             if value is not None and not loaded.resolve(value).exists():
                 problems.append(f"{where(tloc + ('source', key))} {_dotted(tloc)}.source.{key}: no such file {value} "
                                 f"(paths are relative to {display_path(loaded.base_dir)})")
+        for key in ("path", "train", "validation", "test"):
+            value = getattr(src, key)
+            if value is not None and _is_blank(loaded.resolve(value)):
+                problems.append(f"{where(tloc + ('source', key))} {_dotted(tloc)}.source.{key}: {value} is empty "
+                                f"(no rows)")
         first = src.path or src.train
-        if first is None or not loaded.resolve(first).exists():
+        if first is None or not loaded.resolve(first).exists() or _is_blank(loaded.resolve(first)):
             continue
         columns = None if src.read_options else peek_columns(loaded.resolve(first), src.format)
         if columns is None:  # format whose columns are only known after a full read
@@ -64,6 +69,15 @@ def reference_problems(loaded: LoadedSpec) -> list[str]:
                 problems.append(f"{where(tloc + ('fields', name))} {_dotted(tloc)}.fields.{name}: no column "
                                 f"'{column}' in {first} (columns: {', '.join(sorted(columns))})")
     return problems
+
+
+def _is_blank(path: Path) -> bool:
+    """A file with nothing but whitespace (and perhaps a byte-order mark); a compressed file is never blank here."""
+    if not path.is_file() or path.suffix == ".gz":
+        return False
+    with path.open("rb") as f:
+        head = f.read(1 << 16)
+    return not head.removeprefix(b"\xef\xbb\xbf").strip() and path.stat().st_size <= len(head)
 
 
 def _dotted(loc: tuple) -> str:

@@ -47,6 +47,59 @@ class Renderer:
                 return name
         return None
 
+    def problem(self, row: dict) -> tuple[str, str] | None:
+        """What is wrong with a row, as (reason, message), or None; checked before any model time is spent."""
+        t = self.task
+        if t.kind == "perplexity":
+            return None if not bad_value(row.get("text")) else ("empty", "field 'text' is missing or empty")
+        missing = self.check_fields(row)
+        if missing:
+            return "empty", f"field '{missing}' is missing or empty"
+        list_fields = ({t.choices} if isinstance(t.choices, str) else set()) | ({t.answer} if t.kind == "contains" and t.answer else set())
+        texts = set().union(*(template_variables(x) for x in (t.prompt, t.target, t.tests) if x))
+        for name in sorted(texts - list_fields):
+            if isinstance(row.get(name), (dict, list)):
+                kind = "an object" if isinstance(row[name], dict) else "a list"
+                return "not_text", f"field '{name}' holds {kind}; templates need text or a number"
+        if t.kind == "classification":
+            label = render(t.target, row)
+            if self.canonical_label(label) is None:
+                return "label", f"label {label!r} is not one of the task's labels ({', '.join(t.labels)})"
+        if t.kind == "multiple_choice":
+            return self._choice_problem(row)
+        if t.kind == "contains" and t.answer and not [a for a in as_list(row[t.answer]) if str(a).strip()]:
+            return "empty", f"field '{t.answer}' has no accepted answer"
+        return None
+
+    def _choice_problem(self, row: dict) -> tuple[str, str] | None:
+        t = self.task
+        try:
+            options = t.choices_of(row)
+        except (json.JSONDecodeError, TypeError, KeyError):
+            return "choices", f"field '{t.choices}' is not a list of options"
+        if len(options) < 2:
+            return "choices", f"a multiple-choice row needs at least 2 options, has {len(options)}"
+        if any(not o.strip() for o in options):
+            return "choices", "an option is empty"
+        seen = [" ".join(o.lower().split()) for o in options]
+        if len(set(seen)) != len(seen):
+            repeated = next(o for i, (o, n) in enumerate(zip(options, seen)) if n in seen[:i])
+            return "choices", f"option {repeated!r} repeats an earlier option"
+        answer = row.get(t.answer)
+        index = answer if isinstance(answer, int) and not isinstance(answer, bool) else None
+        if isinstance(answer, float) and answer.is_integer():
+            index = int(answer)
+        if isinstance(answer, str) and answer.strip().isdigit():
+            index = int(answer.strip())
+        if index is None or not 0 <= index < len(options):
+            return "answer", f"answer {answer!r} is not an option index 0..{len(options) - 1}"
+        return None
+
+    def canonical_label(self, label: str) -> str | None:
+        """The label as the task's `labels` spell it (case and surrounding spaces ignored), or None."""
+        key = " ".join(str(label).lower().split())
+        return next((spelled for spelled in self.task.labels or [] if " ".join(spelled.lower().split()) == key), None)
+
     def content(self, row: dict) -> str:
         """The row's own text that the prompt shows (template boilerplate excluded): what leaks."""
         if self.task.kind == "perplexity":
@@ -63,7 +116,9 @@ class Renderer:
             return head, " ".join(words[t.prompt_words:]), head
         user = render(t.prompt, row)
         if t.kind == "multiple_choice":
-            target = t.choices_of(row)[int(row[t.answer])]
+            target = t.choices_of(row)[int(float(row[t.answer]))]
+        elif t.kind == "classification":
+            target = self.canonical_label(render(t.target, row))
         elif t.target is not None:
             target = render(t.target, row)
         else:
@@ -79,8 +134,11 @@ class Renderer:
         item = EvalItem(task=t.name, item_id=item_id, prompt=self.wrap(user), user_message=user, content=self.content(row))
         if t.kind == "multiple_choice":
             item.choices = t.choices_of(row)
-            item.answer_index = int(row[t.answer])
+            item.answer_index = int(float(row[t.answer]))
             item.reference = item.choices[item.answer_index]
+        elif t.kind == "classification":
+            item.reference = self.canonical_label(render(t.target, row))
+            item.answers = [item.reference]
         else:
             item.reference = render(t.target, row) if t.target else None
             item.answers = [str(a) for a in as_list(row[t.answer])] if t.answer else ([item.reference] if item.reference else [])

@@ -79,6 +79,9 @@ class TaskSpec(Section):
     )
     tests: str | None = Field(None, description="Code: Jinja template of the test code run against the generation.")
     optional_fields: list[str] = Field(default_factory=list, description="Fields allowed to be empty (others must hold text).")
+    id_field: str | None = Field(
+        None, description="Column holding a stable row id. Unset: a row's id hashes the values the task reads "
+                          "(so appending rows or columns, or rewording a template, never moves a row between splits).")
     weight: float = Field(1.0, gt=0, description="Mixing weight among training tasks.")
     max_items: int | None = Field(None, ge=1, description="Cap on evaluated items (deterministic sample).")
     max_new_tokens: int | None = Field(None, ge=1, le=4096, description="Generation length for this task (default: generation.max_new_tokens).")
@@ -266,6 +269,8 @@ class EvaluationSpec(Section):
 
     held_out: list[TaskSpec] = Field(default_factory=list, description="Tasks not trained on: where forgetting shows.")
     max_items: int = Field(200, ge=1, description="Default cap on evaluated items per task.")
+    min_items: int = Field(1, ge=1, description="Fewest items a task may be evaluated on (after leakage drops); fewer stops "
+                                                "the run before training.")
     few_shot: int = Field(0, ge=0, le=16, description="k for the few-shot baseline of the base model on target tasks (0 = off).")
     batch_size: int = Field(16, ge=1, le=1024, description="Generation batch size.")
     bootstrap_resamples: int = Field(10_000, ge=100)
