@@ -12,14 +12,16 @@ def report(*tasks: dict) -> dict:
     return {"tasks": list(tasks)}
 
 
-TARGET = {"task": "t", "role": "target", "kind": "exact_match", "base": 0.1, "tuned": 0.5, "delta": 0.4,
+TARGET = {"task": "t", "role": "target", "kind": "exact_match", "metric": "exact_match", "base": 0.1, "tuned": 0.5, "delta": 0.4,
           "ci_low": 0.25, "ci_high": 0.55}
-HELD = {"task": "h", "role": "held_out", "kind": "contains", "base": 0.8, "tuned": 0.7, "delta": -0.1,
+HELD = {"task": "h", "role": "held_out", "kind": "contains", "metric": "contains", "base": 0.8, "tuned": 0.7, "delta": -0.1,
         "ci_low": -0.22, "ci_high": 0.02}
 
 
-def test_no_gates_pass():
-    assert evaluate_gates(GatesSpec(), report(TARGET, HELD)) == {"passed": True, "results": []}
+def test_no_gates_promote_nothing():
+    outcome = evaluate_gates(GatesSpec(), report(TARGET, HELD))
+    assert outcome["passed"] is False and outcome["configured"] is False and outcome["results"] == []
+    assert outcome["promotion"].startswith("not promoted: no gates")
 
 
 def test_min_gain_on_point_estimate_and_on_ci():
@@ -38,11 +40,24 @@ def test_forgetting_relative_absolute_and_ci():
     assert not r["passed"] and r["value"] == pytest.approx(0.22 / 0.8)  # the largest drop the CI allows
 
 
-def test_perplexity_forgetting_is_a_rise():
-    ppl = {"task": "p", "role": "held_out", "kind": "perplexity", "base": 10.0, "tuned": 12.0, "delta": 2.0,
-           "ci_low": 0.1, "ci_high": 0.3}
-    [r] = evaluate_gates(GatesSpec(max_forgetting=0.1), report(ppl))["results"]
-    assert not r["passed"] and r["value"] == pytest.approx(0.2)
+PPL_HELD = {"task": "p", "role": "held_out", "kind": "perplexity", "metric": "perplexity", "base": 10.0, "tuned": 12.0,
+            "delta": 2.0, "ci_low": 1.2, "ci_high": 2.9, "higher_is_better": False}
+PPL_TARGET = {"task": "d", "role": "target", "kind": "perplexity", "metric": "perplexity", "base": 20.0, "tuned": 14.0,
+              "delta": -6.0, "ci_low": -7.5, "ci_high": -4.0, "higher_is_better": False}
+
+
+def test_perplexity_forgetting_is_a_rise_judged_in_perplexity_units():
+    [r] = evaluate_gates(GatesSpec(max_forgetting=0.1), report(PPL_HELD))["results"]
+    assert not r["passed"] and r["value"] == pytest.approx(0.2)  # (12 - 10) / 10
+    [r] = evaluate_gates(GatesSpec(max_forgetting=0.25, require_ci=True), report(PPL_HELD))["results"]
+    assert not r["passed"] and r["value"] == pytest.approx(0.29)  # the CI's worst rise, 2.9, over the base 10
+
+
+def test_perplexity_gain_is_a_fall_and_its_ci_bound_is_in_the_same_units():
+    [r] = evaluate_gates(GatesSpec(min_gain=5.0), report(PPL_TARGET))["results"]
+    assert r["passed"] and r["value"] == pytest.approx(6.0)
+    [r] = evaluate_gates(GatesSpec(min_gain=5.0, require_ci=True), report(PPL_TARGET))["results"]
+    assert not r["passed"] and r["value"] == pytest.approx(4.0)  # -ci_high: the smallest fall the CI allows
 
 
 def test_regression_against_promoted():
@@ -50,3 +65,10 @@ def test_regression_against_promoted():
     assert evaluate_gates(gates, report(TARGET))["passed"]  # nothing promoted yet
     outcome = evaluate_gates(gates, report(TARGET), {"a": "run-1", "regressions": ["h"]})
     assert not outcome["passed"] and "worse than promoted run run-1 on: h" in outcome["results"][0]["detail"]
+
+
+def test_a_run_trained_on_what_the_promoted_run_tested_is_not_comparable():
+    gates = GatesSpec(no_regression_vs_promoted=True)
+    overlap = {"overlap": 3, "promoted": "run-1", "detail": "this run trained on 3 items run-1 was evaluated on"}
+    outcome = evaluate_gates(gates, report(TARGET), {"a": "run-1", "regressions": []}, overlap)
+    assert not outcome["passed"] and outcome["results"][0]["detail"].startswith("not comparable: this run trained on 3")

@@ -87,7 +87,7 @@ def test_sigkill_mid_training_then_rerun_resumes_and_finishes(tmp_path, tiny_lla
     args = ["run", str(TINY), "--runs-dir", str(tmp_path), "--no-eval",
             "--set", "training.epochs=6", "--set", "training.checkpoints_per_epoch=2"]
     proc = _ftpipe(*args, start_new_session=True)
-    checkpoint = lambda: list(tmp_path.glob("tiny-lora/*/training/_ludwig/experiment_run/model/training_progress.json"))
+    checkpoint = lambda: list(tmp_path.glob("tiny-lora/*/training/_ludwig/experiment_run/model/ftpipe_checkpoint.json"))
     assert _wait_for(checkpoint, 300), proc.communicate()[0] if proc.poll() is not None else "no checkpoint"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -112,7 +112,7 @@ def test_sigkill_mid_training_then_rerun_resumes_and_finishes(tmp_path, tiny_lla
     assert same.returncode == 0, out
     assert "resuming interrupted run" in out
     manifest = load_manifest(run_dir)
-    assert manifest.status == "succeeded" and manifest.attempts == 2
+    assert manifest.status == "trained" and manifest.attempts == 2  # --no-eval: a model, no verdict yet
     progress = json.loads((run_dir / "training/_ludwig/experiment_run/model/training_progress.json").read_text())
     rows = json.loads((run_dir / "data_summary.json").read_text())["mixture"]["colors"]["rows"]
     assert progress["steps"] == 6 * -(-rows // 8)  # it finished all 6 epochs
@@ -137,7 +137,7 @@ def test_ctrl_c_during_training_fails_the_run_instead_of_evaluating_it(tmp_path,
     """Ludwig swallows the first Ctrl-C and returns a half-trained model; ftpipe must not report it as a result."""
     proc = _ftpipe("run", str(TINY), "--runs-dir", str(tmp_path), "--set", "training.epochs=20",
                    "--set", "training.checkpoints_per_epoch=2")
-    checkpoint = lambda: list(tmp_path.glob("tiny-lora/*/training/_ludwig/experiment_run/model/training_progress.json"))
+    checkpoint = lambda: list(tmp_path.glob("tiny-lora/*/training/_ludwig/experiment_run/model/ftpipe_checkpoint.json"))
     assert _wait_for(checkpoint, 300), proc.communicate()[0] if proc.poll() is not None else "no checkpoint"
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=300)

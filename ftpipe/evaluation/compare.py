@@ -21,15 +21,19 @@ def compare_task(task: TaskSpec, role: str, items: list[EvalItem], base: TaskSco
     """Paired comparison of two models on the same items, with a verdict in plain words."""
     from ftpipe.evaluation import metrics, stats
 
-    lower_better = task.kind == "perplexity"
-    delta, low, high = stats.paired_bootstrap_ci(base.scores, tuned.scores, confidence=spec.evaluation.confidence,
-                                                 n_resamples=spec.evaluation.bootstrap_resamples, seed=spec.training.seed)
+    lower_better = not metrics.higher_is_better(task.kind)
+    ci = {"confidence": spec.evaluation.confidence, "n_resamples": spec.evaluation.bootstrap_resamples,
+          "seed": spec.training.seed}
+    if task.kind == "perplexity":  # the CI is of the headline itself: token-weighted perplexity
+        delta, low, high = stats.paired_bootstrap_perplexity_ci(base.scores, tuned.scores, base.tokens or [], **ci)
+    else:  # every other headline is the mean per-item score, so the CI of the mean difference is its CI
+        delta, low, high = stats.paired_bootstrap_ci(base.scores, tuned.scores, **ci)
     b_value, t_value = base.value(), tuned.value()
     entry: dict[str, Any] = {
         "task": task.name, "role": role, "kind": task.kind, "metric": base.metric, "n": len(items),
         labels[0]: b_value, labels[1]: t_value, "delta": t_value - b_value,
-        # The CI is of the mean per-item difference (for perplexity: of mean NLL per token).
-        "ci_of": "mean per-item NLL/token" if lower_better else base.metric,
+        "higher_is_better": not lower_better,
+        "ci_of": f"{labels[1]} - {labels[0]} {base.metric}",
         "item_delta": delta, "ci_low": low, "ci_high": high,
         "relative_change": stats.relative_change(b_value, t_value),
         "aggregate": {labels[0]: base.aggregate, labels[1]: tuned.aggregate},
@@ -87,13 +91,13 @@ def compare_runs(dir_a: Path, dir_b: Path) -> dict:
             continue
         items = [EvalItem(task=name, item_id=i, prompt="", user_message=preds_b[i]["input"], reference=preds_b[i]["reference"])
                  for i in common]
-        a = TaskScores(entry["metric"], [preds_a[i]["tuned_score"] for i in common], [preds_a[i]["tuned_output"] for i in common])
-        b = TaskScores(entry["metric"], [preds_b[i]["tuned_score"] for i in common], [preds_b[i]["tuned_output"] for i in common])
-        if entry["kind"] == "perplexity":  # the headline is perplexity; per-item scores are NLL/token
-            import math
-
-            a.aggregate = {"perplexity": math.exp(sum(a.scores) / len(a.scores))}
-            b.aggregate = {"perplexity": math.exp(sum(b.scores) / len(b.scores))}
+        tokens = [preds_b[i].get("tokens") for i in common] if entry["kind"] == "perplexity" else None
+        if tokens is not None and None in tokens:
+            continue  # a run from before per-item token counts were kept: its perplexities are not comparable
+        a = TaskScores(entry["metric"], [preds_a[i]["tuned_score"] for i in common], [preds_a[i]["tuned_output"] for i in common],
+                       tokens=tokens)
+        b = TaskScores(entry["metric"], [preds_b[i]["tuned_score"] for i in common], [preds_b[i]["tuned_output"] for i in common],
+                       tokens=tokens)
         comparisons.append(compare_task(tasks_by_name[name], entry["role"], items, a, b, spec_b, labels=("a", "b")))
     if not comparisons:
         raise BadInputError(f"runs {dir_a.name} and {dir_b.name} share no evaluated items", hint="compare runs of the same pipeline")

@@ -17,32 +17,40 @@ from ftpipe.evaluation.cache import cache_key, load_cached, store_cached
 from ftpipe.evaluation.compare import compare_task
 from ftpipe.evaluation.diagnostics import fit_diagnosis, loss_curves
 from ftpipe.evaluation.scoring import TaskScores, few_shot_prompts, score_task
-from ftpipe.files import write_json_atomic
+from ftpipe.files import write_json_atomic, write_text_atomic
 from ftpipe.spec import LoadedSpec, PipelineSpec, QloraAdapter
 
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2  # 2: perplexity CI on the headline statistic, quantized base for QLoRA
+
+
+def quantization_of(spec: PipelineSpec) -> dict | None:
+    """bitsandbytes settings of a QLoRA spec (the base is quantized the same way for training and scoring)."""
+    if not isinstance(spec.adapter, QloraAdapter):
+        return None
+    return {"bits": spec.adapter.bits, "quant_type": spec.adapter.quant_type,
+            "double_quant": spec.adapter.double_quant, "compute_dtype": spec.adapter.compute_dtype}
 
 
 def tuned_model_spec(run_dir: Path, spec: PipelineSpec, base_path: str, device: str):
     """How to load a run's tuned model: base + adapter (quantized like in training), or full weights."""
     from ftpipe.evaluation.generation import ModelSpec
 
-    quant = None
-    if isinstance(spec.adapter, QloraAdapter):
-        quant = {"bits": spec.adapter.bits, "quant_type": spec.adapter.quant_type,
-                 "double_quant": spec.adapter.double_quant, "compute_dtype": spec.adapter.compute_dtype}
     if (run_dir / "adapter").exists():
-        return ModelSpec(base_path=base_path, adapter_path=str(run_dir / "adapter"), quantization=quant, device=device)
+        return ModelSpec(base_path=base_path, adapter_path=str(run_dir / "adapter"), quantization=quantization_of(spec),
+                         device=device)
     return ModelSpec(base_path=base_path, weights_path=str(run_dir / "weights"), device=device)
 
 
 def _score_all(model: Any, prepared: PreparedData, spec: PipelineSpec, use_cache: bool,
-               prompt_sets: dict[str, list[str]] | None = None, label: str = "") -> dict[str, TaskScores]:
+               prompt_sets: dict[str, list[str]] | None = None, label: str = "", roles: tuple[str, ...] = ("target", "held_out"),
+               ) -> dict[str, TaskScores]:
     fingerprint = model.fingerprint()
     out = {}
     for data in prepared.eval_tasks():
+        if data.role not in roles:
+            continue
         prompts = (prompt_sets or {}).get(data.task.name) or [i.prompt for i in data.eval_items]
-        key = cache_key(fingerprint, data.task, prompts, data.eval_items, spec)
+        key = cache_key(fingerprint, data.task, prompts, data.eval_items, spec, device=model.device)
         cached = load_cached(key) if use_cache else None
         if cached is not None:
             console.log(f"  {label} {data.task.name}: cached")
@@ -55,43 +63,64 @@ def _score_all(model: Any, prepared: PreparedData, spec: PipelineSpec, use_cache
     return out
 
 
-def evaluate_run(run_dir: Path, *, loaded: LoadedSpec, prepared: PreparedData, base_path: str, device: str) -> dict:
-    """Score base and tuned models on every evaluation task, compare them, write predictions and the report."""
+def _scored(model_spec, prepared: PreparedData, spec: PipelineSpec, *, label: str, use_cache: bool,
+            few_shot: bool = False) -> tuple[dict[str, TaskScores], dict[str, TaskScores], str]:
+    """Load one model, score it (and its few-shot baseline), free it: (scores, few-shot scores, fingerprint)."""
     import gc
 
-    from ftpipe.evaluation.generation import ModelSpec, load_model
+    from ftpipe.evaluation.generation import load_model
+
+    model = load_model(model_spec)
+    console.log(f"scoring the {label} model")
+    scores = _score_all(model, prepared, spec, use_cache=use_cache, label=label)
+    few: dict[str, TaskScores] = {}
+    if few_shot and spec.evaluation.few_shot:
+        console.log(f"scoring the {label} model with {spec.evaluation.few_shot}-shot prompts")
+        prompt_sets = {t.task.name: few_shot_prompts(model.tokenizer, t.task, t.eval_items, prepared.few_shot[t.task.name])
+                       for t in prepared.eval_tasks() if t.role == "target"}
+        few = _score_all(model, prepared, spec, use_cache=use_cache, prompt_sets=prompt_sets, label="few-shot",
+                         roles=("target",))
+    fingerprint = model.fingerprint()
+    del model
+    gc.collect()
+    return scores, few, fingerprint
+
+
+def evaluate_run(run_dir: Path, *, loaded: LoadedSpec, prepared: PreparedData, base_path: str, device: str) -> dict:
+    """Score base and tuned models on every evaluation task, compare them, write predictions and the report.
+
+    For QLoRA the tuned model runs on 4-bit (or 8-bit) base weights, so it is compared with the base
+    quantized the same way; the full-precision base is scored too, and the difference between the
+    two bases is reported as the cost of quantization, never as forgetting.
+    """
+    from ftpipe.evaluation.generation import ModelSpec
     from ftpipe.evaluation.report import write_report
 
     spec = loaded.spec
-    base = load_model(ModelSpec(base_path=base_path, device=device))
-    console.log("scoring the base model")
-    base_scores = _score_all(base, prepared, spec, use_cache=True, label="base")
-    few_shot_scores: dict[str, TaskScores] = {}
-    if spec.evaluation.few_shot:
-        console.log(f"scoring the base model with {spec.evaluation.few_shot}-shot prompts")
-        targets = [t for t in prepared.eval_tasks() if t.role == "target"]
-        prompt_sets = {t.task.name: few_shot_prompts(base.tokenizer, t.task, t.eval_items, prepared.few_shot[t.task.name])
-                       for t in targets}
-        subset = PreparedData(tasks={t.task.name: t for t in targets}, train_rows=[], mixture={}, leakage={}, lengths={},
-                              fingerprint="", input_hashes={})
-        few_shot_scores = _score_all(base, subset, spec, use_cache=True, prompt_sets=prompt_sets, label="few-shot")
-    base_fp = base.fingerprint()
-    del base
-    gc.collect()
-
-    tuned = load_model(tuned_model_spec(run_dir, spec, base_path, device))
-    console.log("scoring the tuned model")
-    tuned_scores = _score_all(tuned, prepared, spec, use_cache=False, label="tuned")
-    tuned_fp = tuned.fingerprint()
-    del tuned
-    gc.collect()
+    quant = quantization_of(spec)
+    full_scores, few_shot_scores, full_fp = _scored(ModelSpec(base_path=base_path, device=device), prepared, spec,
+                                                    label="base", use_cache=True, few_shot=quant is None)
+    base_scores, fingerprints = full_scores, {"base": full_fp}
+    if quant is not None:
+        base_scores, few_shot_scores, quant_fp = _scored(
+            ModelSpec(base_path=base_path, quantization=quant, device=device), prepared, spec,
+            label="quantized base", use_cache=True, few_shot=True)
+        fingerprints = {"base": quant_fp, "base_full_precision": full_fp}
+    tuned_scores, _, fingerprints["tuned"] = _scored(tuned_model_spec(run_dir, spec, base_path, device), prepared, spec,
+                                                     label="tuned", use_cache=False)
 
     comparisons = [compare_task(d.task, d.role, d.eval_items, base_scores[d.task.name], tuned_scores[d.task.name], spec,
                                 few_shot_scores.get(d.task.name)) for d in prepared.eval_tasks()]
+    if quant is not None:
+        for entry in comparisons:
+            full = full_scores[entry["task"]].value()
+            entry["base_full_precision"] = full
+            entry["quantization_cost"] = entry["base"] - full  # what 4-bit weights alone changed
     _write_predictions(run_dir, prepared, base_scores, tuned_scores)
     stats_path = run_dir / "training_statistics.json"
     curves = loss_curves(json.loads(stats_path.read_text())) if stats_path.exists() else {}
-    report = build_report(spec, run_dir.name, comparisons, curves, prepared, {"base": base_fp, "tuned": tuned_fp})
+    report = build_report(spec, run_dir.name, comparisons, curves, prepared, fingerprints)
+    report["quantized_base"] = quant is not None
     write_json_atomic(run_dir / "metrics.json", {c["task"]: {k: c[k] for k in ("metric", "base", "tuned", "delta", "ci_low", "ci_high")}
                                                  for c in comparisons})
     write_report(run_dir, report)
@@ -123,8 +152,10 @@ def _write_predictions(run_dir: Path, prepared: PreparedData, base: dict[str, Ta
     folder.mkdir(exist_ok=True)
     for data in prepared.eval_tasks():
         name = data.task.name
+        tokens = base[name].tokens or [None] * len(data.eval_items)
         lines = [json.dumps({"item_id": i.item_id, "input": i.user_message, "reference": i.reference,
-                             "base_output": bo, "tuned_output": to, "base_score": bs, "tuned_score": ts}, ensure_ascii=False)
-                 for i, bo, to, bs, ts in zip(data.eval_items, base[name].outputs, tuned[name].outputs,
-                                              base[name].scores, tuned[name].scores)]
-        (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+                             "base_output": bo, "tuned_output": to, "base_score": bs, "tuned_score": ts,
+                             **({"tokens": n} if n is not None else {})}, ensure_ascii=False)
+                 for i, bo, to, bs, ts, n in zip(data.eval_items, base[name].outputs, tuned[name].outputs,
+                                                 base[name].scores, tuned[name].scores, tokens)]
+        write_text_atomic(folder / f"{name}.jsonl", "\n".join(lines) + "\n")

@@ -45,10 +45,13 @@ def higher_is_better(kind: str) -> bool:
 
 
 def normalize_text(s: str) -> str:
-    """Lowercase, delete punctuation, and collapse whitespace (articles are kept).
+    """Lowercase, delete punctuation, and collapse whitespace (articles are kept); numbers keep their form.
 
-    Punctuation is any Unicode punctuation character and is deleted rather than replaced
-    by a space, as in the SQuAD normalizer ("don't" -> "dont").
+    Punctuation is any Unicode punctuation character and is deleted rather than replaced by a
+    space, as in the SQuAD normalizer ("don't" -> "dont"), except inside numbers: a decimal point
+    or thousands comma between digits is kept ("3.5" stays "3.5", never "35"), a minus sign before
+    a number is kept ("-3" is not "3"), and a dash between two digits becomes a space ("3-5" is
+    "3 5", not "35").
 
     Args:
         s: Any text.
@@ -56,8 +59,19 @@ def normalize_text(s: str) -> str:
     Returns:
         The normalized text, without leading or trailing whitespace.
     """
-    s = "".join(ch for ch in s.lower() if not unicodedata.category(ch).startswith("P"))
-    return " ".join(s.split())
+    s = s.lower()
+    out = []
+    for i, ch in enumerate(s):
+        if not unicodedata.category(ch).startswith("P"):
+            out.append(ch)
+            continue
+        before = s[i - 1] if i > 0 else ""
+        after = s[i + 1] if i + 1 < len(s) else ""
+        if ch in ".," and before.isdigit() and after.isdigit():
+            out.append(ch)
+        elif ch in "-\u2212" and after.isdigit():
+            out.append(" " if before.isdigit() else ("-" if not before.isalnum() else ""))
+    return " ".join("".join(out).split())
 
 
 def exact_match(prediction: str, reference: str) -> float:

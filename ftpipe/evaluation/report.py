@@ -22,22 +22,30 @@ def _signed(value: float | None, digits: int = 3) -> str:
 
 
 def summary_table(report: dict, labels: tuple[str, str] = ("base", "tuned")) -> str:
-    """The summary table in Markdown: task, role, kind, metric, both scores, delta with CI, verdict."""
+    """The summary table in Markdown: task, role, kind, metric, both scores, delta with CI, verdict.
+
+    For QLoRA runs `base` is the base quantized as in training, and the table adds the
+    full-precision base beside it: the difference is the cost of quantization, not forgetting.
+    """
     a, b = labels
     few = report.get("few_shot_k")
-    head = f"| task | role | metric | n | {a} |" + (f" {few}-shot {a} |" if few else "") + \
+    quantized = report.get("quantized_base")
+    head = f"| task | role | metric | n |" + (f" {a} (full precision) |" if quantized else "") + f" {a} |" + \
+        (f" {few}-shot {a} |" if few else "") + \
         f" {b} | delta [{int(report['confidence'] * 100)}% CI] | forgetting | McNemar p | verdict |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for t in report["tasks"]:
-        ci = f"{_signed(t['delta'])} [{_signed(t['ci_low'])}, {_signed(t['ci_high'])}]"
-        if t["kind"] == "perplexity":
-            ci = f"{_signed(t['delta'], 2)} (NLL/token {_signed(t['ci_low'])}, {_signed(t['ci_high'])})"
+        digits = 2 if t["kind"] == "perplexity" else 3
+        ci = f"{_signed(t['delta'], digits)} [{_signed(t['ci_low'], digits)}, {_signed(t['ci_high'], digits)}]"
         forgetting = f"{t['forgetting']:+.1%}" if t.get("forgetting") is not None else ""
         p = _fmt(t["mcnemar"]["p_value"], 4) if "mcnemar" in t else ""
-        row = f"| {t['task']} | {t['role']} | {t['metric']} | {t['n']} | {_fmt(t[a])} |"
+        row = f"| {t['task']} | {t['role']} | {t['metric']} | {t['n']} |"
+        if quantized:
+            row += f" {_fmt(t.get('base_full_precision'), digits)} |"
+        row += f" {_fmt(t[a], digits)} |"
         if few:
-            row += f" {_fmt(t.get('few_shot'))} |"
-        row += f" {_fmt(t[b])} | {ci} | {forgetting} | {p} | **{t['verdict']}** |"
+            row += f" {_fmt(t.get('few_shot'), digits)} |"
+        row += f" {_fmt(t[b], digits)} | {ci} | {forgetting} | {p} | **{t['verdict']}** |"
         lines.append(row)
     return "\n".join(lines)
 
@@ -54,9 +62,21 @@ def render_markdown(report: dict) -> str:
                f"**forgot** on {s['forgot']} of {s['held_out_tasks']} held-out tasks"
                + (f" (largest relative drop {max_f:+.1%})." if max_f is not None else "."))
     out += ["", summary_table(report), ""]
-    out.append("Deltas are tuned minus base on the same items; the CI is a paired bootstrap over items. "
-               "Forgetting is (base - tuned) / base on held-out tasks (positive = forgot). "
+    out.append("Deltas are tuned minus base on the same items; the CI is a paired bootstrap over items of that same "
+               "number (perplexity: exp of the token-weighted mean NLL). "
+               "Forgetting is the relative loss on held-out tasks (positive = forgot; for perplexity a rise). "
                "McNemar's exact test counts items that flipped between right and wrong.")
+    if report.get("quantized_base"):
+        out.append("")
+        out.append("QLoRA: `base` is the base model quantized exactly as in training, which is what the tuned adapter "
+                   "runs on; forgetting is measured against it. `base (full precision)` is the unquantized base: the "
+                   "difference between the two is the cost of quantization, shown separately and never counted as forgetting.")
+    gates = report.get("gates") or {}
+    if gates.get("promotion"):
+        out += ["", f"**Promotion:** {gates['promotion']}"]
+    comparable = report.get("comparability") or {}
+    if comparable.get("overlap"):
+        out += ["", f"**Not comparable with the promoted run {comparable['promoted']}:** {comparable['detail']}"]
     out += ["", "![learning and forgetting](learning_forgetting.png)", "", "![per task](tasks.png)", ""]
     if report.get("loss_curves"):
         out += ["## Training", "", "![loss curves](loss.png)", ""]

@@ -8,6 +8,7 @@ from typing import Any
 
 from ftpipe import console
 from ftpipe.data import EvalItem
+from ftpipe.evaluation import metrics
 from ftpipe.spec import PipelineSpec, TaskSpec
 
 BINARY_KINDS = {"exact_match", "contains", "classification", "numeric", "code", "multiple_choice"}
@@ -15,16 +16,25 @@ BINARY_KINDS = {"exact_match", "contains", "classification", "numeric", "code", 
 
 @dataclass
 class TaskScores:
-    """One model's per-item scores on one task."""
+    """One model's per-item scores on one task.
+
+    The headline is the mean of the per-item scores, with one exception: for perplexity the items
+    hold their total NLL (nats) and `tokens` their predicted-token counts, and the headline is
+    exp(sum of NLL / sum of tokens), the token-weighted perplexity. The report, the CI, the
+    verdict, the gates and `compare` all use exactly this number.
+    """
 
     metric: str
-    scores: list[float]  # per item; the task score is their mean (perplexity: mean NLL per token)
+    scores: list[float]
     outputs: list[str]
     aggregate: dict[str, float] = field(default_factory=dict)
+    tokens: list[int] | None = None
 
     def value(self) -> float:
         """The task's headline number."""
-        return self.aggregate.get(self.metric, sum(self.scores) / len(self.scores))
+        if self.metric == "perplexity":
+            return metrics.perplexity(sum(self.scores), sum(self.tokens or []))
+        return sum(self.scores) / len(self.scores)
 
 
 
@@ -36,8 +46,6 @@ def extract_code(text: str) -> str:
 
 def score_task(model: Any, task: TaskSpec, items: list[EvalItem], prompts: list[str], spec: PipelineSpec) -> TaskScores:
     """Score one model on a task's items; `prompts` are the model inputs (zero- or few-shot)."""
-    from ftpipe.evaluation import metrics
-
     gen, ev = spec.generation, spec.evaluation
     reporter = console.StepReporter(f"  {task.name}", len(items))
     try:
@@ -57,14 +65,15 @@ def score_task(model: Any, task: TaskSpec, items: list[EvalItem], prompts: list[
                 k += n
             return TaskScores("acc", acc, outputs, {"acc": _mean(acc), "acc_norm": _mean(acc_norm)})
         if task.kind == "perplexity":
-            nll, counts = [], []
+            nll, tokens = [], []
             for done, item in enumerate(items, start=1):
                 total, n = model.text_nll([item.text], batch_size=1)
-                nll.append(total / max(n, 1))
-                counts.append((total, n))
+                nll.append(total)
+                tokens.append(n)
                 reporter.update(done)
-            ppl = metrics.perplexity(sum(t for t, _ in counts), sum(n for _, n in counts))
-            return TaskScores("perplexity", nll, ["" for _ in items], {"perplexity": ppl})
+            scores = TaskScores("perplexity", nll, ["" for _ in items], tokens=tokens)
+            scores.aggregate = {"perplexity": scores.value(), "tokens": sum(tokens)}
+            return scores
 
         outputs = model.generate(prompts, max_new_tokens=task.max_new_tokens or gen.max_new_tokens, batch_size=ev.batch_size,
                                  stop=gen.stop or None, progress=reporter.update)
@@ -72,8 +81,9 @@ def score_task(model: Any, task: TaskSpec, items: list[EvalItem], prompts: list[
         reporter.close()
     if task.kind == "classification":
         predicted = [metrics.match_label(o, task.labels) for o in outputs]
-        gold = [i.reference for i in items]
-        scores = [float(p is not None and metrics.normalize_text(p) == metrics.normalize_text(g)) for p, g in zip(predicted, gold)]
+        gold = [i.reference for i in items]  # spelled as in task.labels (the data layer checked it)
+        # One matching rule for items, headline, CI and McNemar: the generation maps to this label.
+        scores = [float(p is not None and p == g) for p, g in zip(predicted, gold)]
         agg = metrics.classification_scores(predicted, gold, task.labels)
         return TaskScores("accuracy", scores, outputs, agg)
     if task.kind == "code":

@@ -6,16 +6,22 @@ import shutil
 from pathlib import Path
 
 from ftpipe.errors import RunNotFoundError
+from ftpipe.lifecycle.promotion import locked
 from ftpipe.lifecycle.rerun import load_run_spec
 from ftpipe.lifecycle.runs import find_run, load_manifest
 
 
 def export_run(run_ref: str, output: Path, adapter_only: bool, root: Path | None = None) -> Path:
-    """A merged Hugging Face folder of the tuned model, or a copy of its adapter."""
+    """A merged Hugging Face folder of the tuned model, or a copy of its adapter (holding the pipeline's lock)."""
+    run_dir = find_run(run_ref, root)
+    with locked(run_dir.parent, f"export {run_dir.name}"):
+        return _export(run_dir, output, adapter_only)
+
+
+def _export(run_dir: Path, output: Path, adapter_only: bool) -> Path:
     from ftpipe.evaluation import tuned_model_spec
     from ftpipe.evaluation.generation import merge_and_save
 
-    run_dir = find_run(run_ref, root)
     manifest = load_manifest(run_dir)
     if manifest.status != "succeeded":
         raise RunNotFoundError(f"{run_dir}: status {manifest.status}; only succeeded runs are exported")

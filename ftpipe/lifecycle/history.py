@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS promotions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, pipeline TEXT NOT NULL, run_id TEXT NOT NULL,
     action TEXT NOT NULL, at TEXT NOT NULL
 );
+CREATE UNIQUE INDEX IF NOT EXISTS promotion_events ON promotions (pipeline, run_id, action, at);
 """
 
 
@@ -61,7 +62,8 @@ def record_promotion(pipeline: str, run_id: str, action: str, at: str) -> None:
     """Log a promotion, manual promotion or rollback."""
     with closing(connect()) as conn, conn:
         conn.execute("UPDATE runs SET promoted = (run_id = ?) WHERE pipeline = ?", (run_id, pipeline))
-        conn.execute("INSERT INTO promotions (pipeline, run_id, action, at) VALUES (?, ?, ?, ?)", (pipeline, run_id, action, at))
+        conn.execute("INSERT OR IGNORE INTO promotions (pipeline, run_id, action, at) VALUES (?, ?, ?, ?)",
+                     (pipeline, run_id, action, at))
 
 
 def promotion_history(pipeline: str) -> list[tuple[str, str, str]]:

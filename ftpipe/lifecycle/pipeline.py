@@ -31,9 +31,8 @@ from ftpipe.lifecycle.runs import (
     package_versions,
     pipeline_dir,
     promoted_run,
-    resumable_run,
+    interrupted_run,
     save_manifest,
-    set_promoted,
 )
 from ftpipe.models import base_model_path
 from ftpipe.paths import runs_root
@@ -91,6 +90,8 @@ def _unchanged_since(loaded: LoadedSpec, root: Path) -> str | None:
 
 
 def _run_locked(loaded: LoadedSpec, root: Path, evaluate: bool) -> RunResult:
+    from ftpipe.data import data_fingerprint
+    from ftpipe.lifecycle.promotion import reconcile
     from ftpipe.training import preflight, resolve_device
 
     spec = loaded.spec
@@ -98,13 +99,16 @@ def _run_locked(loaded: LoadedSpec, root: Path, evaluate: bool) -> RunResult:
     base_path = base_model_path(spec.base_model, progress=console.log)
     device = resolve_device(spec.compute.device)
     preflight(loaded, device)
+    reconcile(pipeline_dir(spec.name, root))
 
-    run_dir = resumable_run(spec.name, spec_hash, root)
+    _, fingerprint = data_fingerprint(loaded)
+    run_dir = _resumable(spec.name, spec_hash, fingerprint, root)
     if run_dir is not None:
         manifest = load_manifest(run_dir)
         manifest.attempts += 1
         manifest.pid = os.getpid()
-        console.log(f"resuming interrupted run {manifest.run_id} (attempt {manifest.attempts})")
+        console.log(f"resuming interrupted run {manifest.run_id} (attempt {manifest.attempts}; "
+                    f"done: {', '.join(manifest.stages_done) or 'nothing yet'})")
     else:
         run_id = new_run_id(spec_hash)
         run_dir = pipeline_dir(spec.name, root) / run_id
@@ -126,21 +130,51 @@ def _run_locked(loaded: LoadedSpec, root: Path, evaluate: bool) -> RunResult:
         (run_dir / "error.txt").write_text(traceback.format_exc())
         raise
     gates = report.get("gates") if report else None
-    manifest.status = "succeeded"
+    manifest.status = "succeeded" if report is not None else "trained"
     manifest.finished_at = now_iso()
     save_manifest(run_dir, manifest)
     history.record_run(manifest, run_dir, metrics=manifest.summary, gates=gates)
-    console.log(f"run {manifest.run_id} succeeded: {run_dir}")
-    if report is not None:
+    console.log(f"run {manifest.run_id} {manifest.status}: {run_dir}")
+    if report is None:
+        console.log("not promoted: trained without evaluation (--no-eval); `ftpipe eval` judges it")
+    else:
         _promote_or_refuse(run_dir, manifest, gates, loaded.spec.gates.on_failure_command)
     return RunResult(run_dir=run_dir, manifest=manifest, report=report)
+
+
+def _resumable(pipeline: str, spec_hash: str, fingerprint: str, root: Path) -> Path | None:
+    """The interrupted run of this spec, if it can be resumed; otherwise None, with the reason logged.
+
+    Resuming needs the same spec, the same data, and (when training had started) a checkpoint that
+    was written completely. A run that cannot be resumed is marked failed so it is not tried again.
+    """
+    from ftpipe.training import checkpoint_state
+
+    run_dir = interrupted_run(pipeline, spec_hash, root)
+    if run_dir is None:
+        return None
+    manifest = load_manifest(run_dir)
+    reason = None
+    if manifest.data_fingerprint is not None and manifest.data_fingerprint != fingerprint:
+        reason = "its data changed since it was interrupted"
+    elif "train" not in manifest.stages_done:
+        state, why = checkpoint_state(run_dir)
+        if state == "partial":
+            reason = f"its last checkpoint is incomplete ({why})"
+    if reason is None:
+        return run_dir
+    console.log(f"not resuming interrupted run {manifest.run_id}: {reason}; starting a new run")
+    manifest.status, manifest.error, manifest.finished_at = "failed", f"abandoned: {reason}", now_iso()
+    save_manifest(run_dir, manifest)
+    history.record_run(manifest, run_dir)
+    return None
 
 
 def _stages(loaded: LoadedSpec, run_dir: Path, manifest: Manifest, base_path: str, device: str, evaluate: bool) -> dict | None:
     """The stages of a run, in order; each writes its artifacts into the run folder."""
     import yaml
 
-    from ftpipe.training import check_config, compile_spec, config_hash, context_for, train
+    from ftpipe.training import check_config, checkpoint_state, compile_spec, config_hash, context_for, train
 
     spec, timings = loaded.spec, manifest.timings
     write_text_atomic(run_dir / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
@@ -149,6 +183,8 @@ def _stages(loaded: LoadedSpec, run_dir: Path, manifest: Manifest, base_path: st
         prepared = prepare_for_base_model(loaded, base_path)
         write_json_atomic(run_dir / "data_summary.json", prepared.summary())
         write_json_atomic(run_dir / "eval_items.json", eval_items_as_dicts(prepared))
+        write_json_atomic(run_dir / "trained_ids.json", prepared.trained_ids())
+        write_json_atomic(run_dir / "trained_content.json", {"content": sorted({r["content"] for r in prepared.train_rows})})
         manifest.data_fingerprint = prepared.fingerprint
         for name, m in prepared.mixture.items():
             console.log(f"  {name}: {m['rows']} rows, {m['tokens']} tokens ({m['token_share']:.0%} of tokens)")
@@ -161,9 +197,15 @@ def _stages(loaded: LoadedSpec, run_dir: Path, manifest: Manifest, base_path: st
         manifest.config_hash = config_hash(config)
     save_manifest(run_dir, manifest)
 
-    with console.stage("train", timings):
-        train(config, training_frame(prepared), run_dir, spec, device=manifest.device,
-              resume=manifest.attempts > 1, spec_hash=manifest.spec_hash)
+    if "train" in manifest.stages_done and ((run_dir / "adapter").is_dir() or (run_dir / "weights").is_dir()):
+        console.log("train: already done in an earlier attempt; keeping its model")
+    else:
+        resume = checkpoint_state(run_dir)[0] == "complete"
+        with console.stage("train" + (" (resuming its checkpoint)" if resume else ""), timings):
+            train(config, training_frame(prepared), run_dir, spec, device=manifest.device, resume=resume,
+                  spec_hash=manifest.spec_hash)
+        manifest.stages_done.append("train")
+        save_manifest(run_dir, manifest)
 
     if not evaluate:
         return None
@@ -171,27 +213,67 @@ def _stages(loaded: LoadedSpec, run_dir: Path, manifest: Manifest, base_path: st
 
     with console.stage("evaluate", timings):
         report = evaluate_run(run_dir, loaded=loaded, prepared=prepared, base_path=base_path, device=device)
-        report["gates"] = _judge_gates(loaded, run_dir, report)
+        report["gates"] = judge_gates(loaded, run_dir, report)
         write_report(run_dir, report)
-    manifest.summary = {**report.get("summary", {}), "gates_passed": report["gates"]["passed"]}
+    manifest.summary = run_summary(report)
     return report
 
 
-def _judge_gates(loaded: LoadedSpec, run_dir: Path, report: dict) -> dict:
+def run_summary(report: dict) -> dict:
+    """The manifest's (and history's) summary of an evaluated run."""
+    gates = report.get("gates") or {}
+    return {**report.get("summary", {}), "gates_passed": gates.get("passed", False),
+            "gates_configured": gates.get("configured", False)}
+
+
+def judge_gates(loaded: LoadedSpec, run_dir: Path, report: dict) -> dict:
+    """The gates' verdict on an evaluated run, with its comparability to the promoted run; logged line by line."""
     from ftpipe.evaluation import compare_runs
     from ftpipe.lifecycle.gates import evaluate_gates
 
     gates = loaded.spec.gates
-    regression = None
+    regression, comparability = None, None
     promoted = promoted_run(loaded.spec.name, run_dir.parent.parent)
-    if gates.no_regression_vs_promoted and promoted is not None:
-        regression = compare_runs(promoted, run_dir)
-    outcome = evaluate_gates(gates, report, regression)
+    if promoted is not None and promoted != run_dir:
+        comparability = trained_on_promoted_test_items(run_dir, promoted)
+        report["comparability"] = comparability
+        if comparability["overlap"]:
+            console.log(f"warning: not comparable with promoted run {promoted.name}: {comparability['detail']}")
+        if gates.no_regression_vs_promoted:
+            regression = compare_runs(promoted, run_dir)
+    outcome = evaluate_gates(gates, report, regression, comparability)
     for result in outcome["results"]:
         console.log(f"gate {'PASS' if result['passed'] else 'FAIL'} {result['gate']}: {result['detail']}")
     return outcome
 
 
+def trained_on_promoted_test_items(run_dir: Path, promoted: Path) -> dict:
+    """How many items the promoted run was evaluated on did this run train (or validate) on?
+
+    Compared by content (what the leakage check compares), so it holds whatever id scheme the
+    promoted run used: a model that trained on its predecessor's test items cannot be judged
+    against it on them.
+    """
+    import json
+
+    from ftpipe.data import normalize_for_leakage
+
+    def load(path: Path) -> dict:
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    tested = {normalize_for_leakage(i["content"]): name for name, items in load(promoted / "eval_items.json").items()
+              for i in items if i.get("content")}
+    trained_content = load(run_dir / "trained_content.json")
+    overlap: dict[str, int] = {}
+    for text in trained_content.get("content", []):
+        task = tested.get(normalize_for_leakage(text))
+        if task is not None:
+            overlap[task] = overlap.get(task, 0) + 1
+    total = sum(overlap.values())
+    detail = (f"this run trained on {total} items that promoted run {promoted.name} was evaluated on "
+              f"({', '.join(f'{t}: {n}' for t, n in sorted(overlap.items()))})" if total else
+              f"no item promoted run {promoted.name} was evaluated on was trained on")
+    return {"promoted": promoted.name, "overlap": total, "by_task": overlap, "detail": detail}
 def _notify_gate_failure(command: str | None, manifest: Manifest, run_dir: Path, failed: list[str]) -> None:
     """Run the spec's on_failure_command (a mail, a webhook via curl, ...); its own failure is only logged."""
     import subprocess
@@ -209,12 +291,16 @@ def _notify_gate_failure(command: str | None, manifest: Manifest, run_dir: Path,
 
 
 def _promote_or_refuse(run_dir: Path, manifest: Manifest, gates: dict, command: str | None = None) -> None:
-    """Promote a run that passed every gate; otherwise leave the promoted model alone and raise."""
+    """Promote a run that passed gates it was given; no gates: promote nothing; a failed gate: raise."""
+    from ftpipe.lifecycle.promotion import promote_locked
+
+    if not gates.get("configured", True):
+        console.log(f"not promoted: no gates in the spec (promote by hand with `ftpipe promote {manifest.run_id}`)")
+        return
     if not gates["passed"]:
         failed = [g["gate"] for g in gates["results"] if not g["passed"]]
         _notify_gate_failure(command, manifest, run_dir, failed)
         raise GateFailedError(f"run {manifest.run_id} failed quality gates: {', '.join(failed)}; nothing promoted",
                               hint=f"see {run_dir / 'report.md'}")
-    set_promoted(run_dir)
-    history.record_promotion(manifest.pipeline, manifest.run_id, "promoted", now_iso())
+    promote_locked(run_dir, "every gate passed")
     console.log(f"promoted {manifest.run_id}")

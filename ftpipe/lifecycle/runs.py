@@ -25,7 +25,9 @@ from ftpipe.version import __version__
 
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
-Status = Literal["running", "succeeded", "failed"]
+# trained: a --no-eval run; it has a model but no verdict, so it is never promoted and never
+# counts as "unchanged" for --if-changed. `ftpipe eval` turns it into succeeded.
+Status = Literal["running", "trained", "succeeded", "failed"]
 
 
 class Manifest(BaseModel):
@@ -52,6 +54,7 @@ class Manifest(BaseModel):
     finished_at: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
     attempts: int = 1
+    stages_done: list[str] = Field(default_factory=list)  # a resumed run skips these
     error: str | None = None
     summary: dict[str, Any] = Field(default_factory=dict)
 
@@ -110,7 +113,12 @@ def git_commit(path: Path) -> str | None:
 
 
 class PipelineLock:
-    """One run of a pipeline at a time. The OS releases the lock when its holder dies, even by SIGKILL."""
+    """One writer of a pipeline at a time. The OS releases the lock when its holder dies, even by SIGKILL.
+
+    Who holds it is written to `.lock.json` (pid, host, the process's start time). Readers such as
+    `ftpipe runs list` answer "is it held?" from that record and the process table alone, never by
+    taking the lock, so a reader can never make a starting run fail with "locked".
+    """
 
     def __init__(self, pipeline_dir: Path):
         from filelock import FileLock
@@ -119,19 +127,20 @@ class PipelineLock:
         self.info_path = pipeline_dir / ".lock.json"
         self._lock = FileLock(str(pipeline_dir / ".lock"))
 
-    def acquire(self, run_description: str) -> None:
-        """Take the lock or raise LockedError naming the holder."""
+    def acquire(self, what: str, wait_s: float = 0.0) -> None:
+        """Take the lock (waiting up to `wait_s`) or raise LockedError naming the holder."""
         from filelock import Timeout
 
         try:
-            self._lock.acquire(timeout=0)
+            self._lock.acquire(timeout=wait_s)
         except Timeout:
             holder = self.holder() or {}
             raise LockedError(
                 f"pipeline is locked by a running job: pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
                 f"{holder.get('run', '?')}, since {holder.get('since', '?')}",
                 hint="wait for it to finish; the lock frees itself when that process exits") from None
-        write_json_atomic(self.info_path, {"pid": os.getpid(), "host": platform.node(), "run": run_description, "since": now_iso()})
+        write_json_atomic(self.info_path, {"pid": os.getpid(), "host": platform.node(), "run": what, "since": now_iso(),
+                                           "process_start": _process_start(os.getpid())})
 
     def holder(self) -> dict | None:
         """Who holds (or last held) the lock."""
@@ -141,21 +150,26 @@ class PipelineLock:
             return None
 
     def is_held(self) -> bool:
-        """Whether some process holds the lock now (probes without keeping it)."""
-        from filelock import Timeout
+        """Whether a live process holds the lock now, judged without touching the lock itself.
 
+        On another host the process table cannot be read, so a record from there counts as held.
+        """
         if self._lock.is_locked:
             return True
-        try:
-            self._lock.acquire(timeout=0)
-        except Timeout:
+        info = self.holder()
+        if not info or info.get("released"):
+            return False
+        if info.get("host") != platform.node():
             return True
-        self._lock.release()
-        return False
+        pid = int(info.get("pid", -1))
+        return pid > 0 and _process_start(pid) is not None and _process_start(pid) == info.get("process_start")
 
     def release(self) -> None:
-        """Release the lock."""
+        """Release the lock (and mark the record released, so readers stop seeing a holder)."""
         if self._lock.is_locked:
+            info = self.holder() or {}
+            if info.get("pid") == os.getpid():
+                write_json_atomic(self.info_path, {**info, "released": now_iso()})
             self._lock.release(force=True)
 
     def __enter__(self):
@@ -163,6 +177,19 @@ class PipelineLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of a live process (from /proc, so a reused pid is a different process), else None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)  # no /proc (macOS): alive or not is all we can tell
+            return "alive"
+        except OSError:
+            return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, after the command name
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,10 +241,11 @@ def find_run(ref: str, root: Path | None = None) -> Path:
     raise RunNotFoundError(f"{ref!r} matches {len(matches)} runs", hint="give more of the run id")
 
 
-def resumable_run(pipeline: str, spec_hash: str, root: Path | None = None) -> Path | None:
-    """The newest run of the same spec that was killed mid-way (call while holding the lock).
+def interrupted_run(pipeline: str, spec_hash: str, root: Path | None = None) -> Path | None:
+    """The newest run of the same spec that was killed mid-way (call while holding the lock), if any.
 
     A run that failed with an error starts over instead: resuming would likely meet the same error.
+    Whether the run can really be resumed (same data, a complete checkpoint) is the caller's check.
     """
     for run_dir, manifest in list_runs(root, pipeline):
         if manifest.spec_hash != spec_hash:

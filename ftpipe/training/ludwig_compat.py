@@ -165,6 +165,7 @@ def make_progress_callback(on_step: Callable[[dict], None]):
 
         def on_trainer_train_setup(self, trainer, save_path, is_coordinator, **kwargs):
             self.trainer = trainer
+            self.save_path = save_path
             original = trainer.train_step
 
             def train_step(*args, **kw):
@@ -178,6 +179,9 @@ def make_progress_callback(on_step: Callable[[dict], None]):
             on_step({"step": progress_tracker.steps, "total_steps": progress_tracker.total_steps,
                      "epoch": progress_tracker.epoch, "loss": self.last_loss,
                      "learning_rate": progress_tracker.learning_rate})
+
+        def on_checkpoint(self, trainer, progress_tracker):
+            record_checkpoint(Path(self.save_path), progress_tracker.steps)
 
     return _Progress()
 
@@ -206,12 +210,18 @@ def train_model(config: dict[str, Any], frame, output_dir: Path, *, seed: int, r
 
     output_dir.mkdir(parents=True, exist_ok=True)
     model = LudwigModel(config, logging_level=logging.ERROR, callbacks=callbacks, backend=backend)
-    experiment = output_dir / "_ludwig" / "experiment_run"
-    resume_path = str(experiment) if resume and (experiment / "model" / "training_progress.json").exists() else None
+    experiment = experiment_folder(output_dir)
+    resume_path = str(experiment) if resume and checkpoint_state(output_dir)[0] == "complete" else None
+    if resume_path is None and (output_dir / LUDWIG_OUTPUT).exists() and (backend is None or backend.is_coordinator()):
+        # Ludwig names a new folder experiment_run_0 when experiment_run exists: start clean instead,
+        # so its statistics and checkpoints are always where experiment_folder() says.
+        import shutil
+
+        shutil.rmtree(output_dir / LUDWIG_OUTPUT)
     try:
         result = model.train(
             dataset=frame,
-            output_directory=str(output_dir / "_ludwig"),
+            output_directory=str(output_dir / LUDWIG_OUTPUT),
             model_resume_path=resume_path,
             skip_save_model=quantized,
             skip_save_processed_input=True,
@@ -227,7 +237,7 @@ def train_model(config: dict[str, Any], frame, output_dir: Path, *, seed: int, r
     saved = output_dir / "model"
     if backend is None or backend.is_coordinator():  # distributed: only rank 0 writes (issue 9)
         model.save(str(saved))
-    stats_file = experiment / "training_statistics.json"
+    stats_file = experiment_folder(output_dir) / "training_statistics.json"
     stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
     return model, stats, saved
 
@@ -250,6 +260,58 @@ def export_full_weights(model, out: Path) -> None:
     if hasattr(model.model, "tokenizer"):
         model.model.tokenizer.save_pretrained(str(tmp))
     replace_folder(tmp, out)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints: where Ludwig keeps them, and whether the last one was written completely.
+# Ludwig internal: a run's output is <output_directory>/<experiment_name>_<model_name>/ (a suffix
+# _0, _1, ... when that exists), its checkpoint model/training_checkpoints/latest.ckpt plus
+# latest.ckpt.safetensors, moved into place one after the other, and model/training_progress.json
+# written after them (trainers/trainer.py:831-836). A kill between those writes leaves a checkpoint
+# whose parts disagree, which Ludwig would load without noticing; ftpipe records the parts' hashes
+# once all are written (on_checkpoint) and resumes only a checkpoint that matches its record.
+# --------------------------------------------------------------------------------------------
+
+LUDWIG_OUTPUT = "_ludwig"
+CHECKPOINT_RECORD = "ftpipe_checkpoint.json"
+_CHECKPOINT_PARTS = ("training_checkpoints/latest.ckpt", "training_checkpoints/latest.ckpt.safetensors",
+                     "training_progress.json")
+
+
+def experiment_folder(output_dir: Path) -> Path:
+    """The folder Ludwig writes a training into (train_model always starts it clean or resumes it)."""
+    return output_dir / LUDWIG_OUTPUT / "experiment_run"
+
+
+def record_checkpoint(model_dir: Path, step: int) -> None:
+    """Record the hashes of a checkpoint Ludwig has just finished writing (called from on_checkpoint)."""
+    from ftpipe.files import sha256_file, write_json_atomic
+
+    parts = {name: {"size": (model_dir / name).stat().st_size, "sha256": sha256_file(model_dir / name)}
+             for name in _CHECKPOINT_PARTS if (model_dir / name).exists()}
+    write_json_atomic(model_dir / CHECKPOINT_RECORD, {"step": step, "parts": parts})
+
+
+def checkpoint_state(output_dir: Path) -> tuple[str, str]:
+    """("none" | "complete" | "partial", why): whether training in `output_dir` can resume from its checkpoint."""
+    from ftpipe.files import sha256_file
+
+    model_dir = experiment_folder(output_dir) / "model"
+    present = [name for name in _CHECKPOINT_PARTS if (model_dir / name).exists()]
+    if not present:
+        return "none", "no checkpoint was written yet"
+    try:
+        record = json.loads((model_dir / CHECKPOINT_RECORD).read_text())
+    except (OSError, json.JSONDecodeError):
+        return "partial", "a checkpoint exists but was never recorded as complete (killed while it was saved)"
+    for name in _CHECKPOINT_PARTS:
+        expected = record.get("parts", {}).get(name)
+        path = model_dir / name
+        if expected is None or not path.exists():
+            return "partial", f"checkpoint part {name} is missing"
+        if path.stat().st_size != expected["size"] or sha256_file(path) != expected["sha256"]:
+            return "partial", f"checkpoint part {name} differs from the last complete checkpoint (step {record.get('step')})"
+    return "complete", f"step {record.get('step')}"
 
 
 def load_model(path: Path):
@@ -387,6 +449,7 @@ def make_rank_callback(on_step: Callable[[dict], None] | None, seen_rows: list[s
             self.last_loss: float | None = None
 
         def on_trainer_train_setup(self, trainer, save_path, is_coordinator, **kwargs):
+            self.save_path, self.is_coordinator = save_path, is_coordinator
             original = trainer.train_step
 
             def train_step(inputs, *args, **kw):
@@ -404,6 +467,10 @@ def make_rank_callback(on_step: Callable[[dict], None] | None, seen_rows: list[s
                 on_step({"step": progress_tracker.steps, "total_steps": progress_tracker.total_steps,
                          "epoch": progress_tracker.epoch, "loss": self.last_loss,
                          "learning_rate": progress_tracker.learning_rate})
+
+        def on_checkpoint(self, trainer, progress_tracker):
+            if self.is_coordinator:
+                record_checkpoint(Path(self.save_path), progress_tracker.steps)
 
     return _RankCallback()
 

@@ -26,6 +26,11 @@ class TrainedModel:
     statistics: dict
 
 
+def checkpoint_state(run_dir: Path) -> tuple[str, str]:
+    """("none" | "complete" | "partial", why) of a run's last training checkpoint: may it be resumed?"""
+    return ludwig_compat.checkpoint_state(run_dir / "training")
+
+
 def train(config: dict, frame, run_dir: Path, spec: PipelineSpec, *, device: str, resume: bool,
           spec_hash: str | None = None) -> TrainedModel:
     """Train (resuming Ludwig's last checkpoint when `resume`) and put the model into the run folder.
