@@ -61,12 +61,44 @@ def test_verdicts(role, low, high, lower_better, expected):
 
 
 def test_perplexity_forgetting_is_signed_for_lower_is_better():
+    import math
+
     task = TaskSpec.model_validate({"name": "t", "source": "t.txt", "kind": "perplexity"})
-    base = TaskScores("perplexity", [2.0] * 30, [""] * 30, {"perplexity": 7.39})
-    tuned = TaskScores("perplexity", [2.2] * 30, [""] * 30, {"perplexity": 9.03})
+    tokens = [10] * 30
+    base = TaskScores("perplexity", [20.0] * 30, [""] * 30, tokens=tokens)  # 2.0 nats per token
+    tuned = TaskScores("perplexity", [22.0 + (i % 3) for i in range(30)], [""] * 30, tokens=tokens)
     entry = compare_task(task, "held_out", items(30), base, tuned, SPEC)
-    assert entry["forgetting"] == pytest.approx((9.03 - 7.39) / 7.39)
+    assert entry["base"] == pytest.approx(math.exp(2.0)) and entry["tuned"] == pytest.approx(math.exp(2.3))
+    assert entry["forgetting"] == pytest.approx((math.exp(2.3) - math.exp(2.0)) / math.exp(2.0))
     assert entry["verdict"] == "forgot" and "mcnemar" not in entry
+    assert entry["ci_low"] <= entry["delta"] <= entry["ci_high"] and entry["ci_low"] > 0  # in perplexity units
+
+
+def test_perplexity_is_token_weighted_in_headline_ci_and_verdict_alike():
+    """One long item whose NLL per token fell and many short ones that rose a little: the token-weighted
+    perplexity falls, so headline, CI and verdict must all say better (a per-item mean would say worse)."""
+    task = TaskSpec.model_validate({"name": "t", "source": "t.txt", "kind": "perplexity"})
+    tokens = [400] + [5] * 40
+    base = TaskScores("perplexity", [400 * 3.0] + [5 * 2.0] * 40, [""] * 41, tokens=tokens)
+    tuned = TaskScores("perplexity", [400 * 2.5] + [5 * 2.1] * 40, [""] * 41, tokens=tokens)
+    entry = compare_task(task, "target", items(41), base, tuned, SPEC)
+    assert entry["tuned"] < entry["base"] and entry["delta"] < 0
+    assert entry["ci_low"] <= entry["delta"] <= entry["ci_high"]
+    assert entry["verdict"] != "got worse"
+    per_item_mean = sum(t / n - b / n for b, t, n in zip(base.scores, tuned.scores, tokens)) / 41
+    assert per_item_mean > 0  # the old per-item statistic pointed the other way
+
+
+def test_classification_headline_is_the_mean_of_item_matches():
+    from ftpipe.evaluation import metrics
+
+    labels = ["billing", "refund"]
+    outputs = ["Billing.", "refund please", "billing", "no idea"]
+    gold = ["billing", "refund", "refund", "billing"]
+    predicted = [metrics.match_label(o, labels) for o in outputs]
+    scores = [float(p is not None and p == g) for p, g in zip(predicted, gold)]
+    agg = metrics.classification_scores(predicted, gold, labels)
+    assert scores == [1.0, 1.0, 0.0, 0.0] and agg["accuracy"] == pytest.approx(sum(scores) / 4)
 
 
 def test_fit_diagnosis_flags_overfitting_and_underfitting():
@@ -93,6 +125,12 @@ def test_cache_key_changes_with_prompts_and_decoding(tmp_path, monkeypatch):
     assert key != cache_key("other", TASK, ["p1", "p2"], items(2), SPEC)
     longer = SPEC.model_copy(update={"generation": SPEC.generation.model_copy(update={"max_new_tokens": 64})})
     assert key != cache_key("model", TASK, ["p1", "p2"], items(2), longer)
+    assert key != cache_key("model", TASK, ["p1", "p2"], items(2), SPEC, device="cuda")
+    batched = SPEC.model_copy(update={"evaluation": SPEC.evaluation.model_copy(update={"batch_size": 4})})
+    assert key != cache_key("model", TASK, ["p1", "p2"], items(2), batched)
+    from ftpipe.evaluation.cache import scorer_fingerprint
+
+    assert set(scorer_fingerprint()) >= {"code", "scorer_version", "torch", "transformers", "peft"}
     scores = TaskScores("contains", [1.0, 0.0], ["a", "b"])
     assert load_cached(key) is None
     store_cached(key, scores)

@@ -33,6 +33,13 @@ def test_normalize_text(text, expected):
     assert normalize_text(text) == expected
 
 
+@pytest.mark.parametrize("a, b", [("3.5", "35"), ("-3", "3"), ("3-5", "35"), ("1,000", "1000"), ("-2.5", "2.5")])
+def test_numbers_keep_their_decimal_points_signs_and_separators(a, b):
+    assert normalize_text(a) != normalize_text(b)
+    assert exact_match(a, b) == 0.0
+    assert exact_match(f"The answer is {a}.", f"the answer is {a}") == 1.0
+
+
 def test_exact_match():
     assert exact_match("Paris.", "paris") == 1.0
     assert exact_match("  PARIS ", "Paris!") == 1.0

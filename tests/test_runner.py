@@ -48,6 +48,14 @@ def test_end_to_end_tiny(tmp_path, tiny_llama_dir, overrides, adapter):
     report = check_complete_run(result.run_dir, adapter)
     assert {t["task"] for t in report["tasks"]} == {"colors", "category_mc", "say_word"}
     assert (result.run_dir / "report.md").read_text().startswith("# ftpipe report: tiny-lora")
+    if any("qlora" in o for o in overrides):
+        # forgetting is measured against the base quantized as in training; the cost of 4-bit is shown apart
+        assert report["quantized_base"] and set(report["model_fingerprints"]) == {"base", "base_full_precision", "tuned"}
+        for t in report["tasks"]:
+            assert t["quantization_cost"] == pytest.approx(t["base"] - t["base_full_precision"])
+        assert "base (full precision)" in (result.run_dir / "report.md").read_text()
+    else:
+        assert not report["quantized_base"]
 
 
 def test_multitask_end_to_end(tmp_path, tiny_llama_dir):

@@ -168,3 +168,25 @@ def test_forgetting_lower_is_better():
     assert forgetting(10.0, 12.0, higher_is_better=False) == pytest.approx(0.2)
     assert forgetting(10.0, 9.0, higher_is_better=False) == pytest.approx(-0.1)
     assert forgetting(0.0, 1.0, higher_is_better=False) is None
+
+
+def test_perplexity_ci_is_of_the_headline_statistic_and_agrees_with_it_in_sign():
+    from ftpipe.evaluation.stats import paired_bootstrap_perplexity_ci
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n = rng.integers(5, 300, size=40)
+        base = rng.uniform(1.5, 3.0, size=40) * n
+        tuned = base * rng.uniform(0.8, 1.25, size=40)
+        delta, low, high = paired_bootstrap_perplexity_ci(base, tuned, n, n_resamples=500, seed=1)
+        assert delta == pytest.approx(math.exp(tuned.sum() / n.sum()) - math.exp(base.sum() / n.sum()))
+        assert low <= delta <= high
+        if low > 0 or high < 0:  # a significant verdict always points where the headline points
+            assert np.sign(low) == np.sign(high) == np.sign(delta)
+
+
+def test_perplexity_ci_collapses_for_one_item():
+    from ftpipe.evaluation.stats import paired_bootstrap_perplexity_ci
+
+    delta, low, high = paired_bootstrap_perplexity_ci([20.0], [10.0], [10])
+    assert low == high == delta == pytest.approx(math.exp(1.0) - math.exp(2.0))

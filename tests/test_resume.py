@@ -1,0 +1,121 @@
+"""Resume only what can be resumed: the same spec, the same data and a completely written checkpoint.
+
+Each case kills a real `ftpipe run` with SIGKILL, changes what the case is about, and runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ftpipe.lifecycle.runs import list_runs, load_manifest
+from ftpipe.training.ludwig_compat import CHECKPOINT_RECORD, checkpoint_state, record_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = ROOT / "tests" / "fixtures" / "specs" / "tiny_lora.yaml"
+ARGS = ["--no-eval", "--set", "training.epochs=12", "--set", "training.checkpoints_per_epoch=1",
+        "--set", "training.evaluate_during_training=false"]
+
+
+def ftpipe(*args: str, cwd: Path, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ftpipe", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, **kw)
+
+
+def killed_run(work: Path, runs: Path, until) -> Path:
+    """Start a run, SIGKILL its whole process group once `until(runs)` holds, return its folder."""
+    proc = ftpipe("run", str(work / "tiny_lora.yaml"), "--runs-dir", str(runs), *ARGS, cwd=work, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not until(runs):
+        assert proc.poll() is None, proc.communicate()[0][-2000:]
+        assert time.monotonic() < deadline, "the run never reached the point to kill it at"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    [(run_dir, manifest)] = [(d, m) for d, m in list_runs(runs) if m.status == "running"]
+    return run_dir
+
+
+def checkpointed(runs: Path) -> bool:
+    return bool(list(runs.glob(f"*/*/training/_ludwig/experiment_run/model/{CHECKPOINT_RECORD}")))
+
+
+def training_started(runs: Path) -> bool:
+    return bool(list(runs.glob("*/*/training/_ludwig/experiment_run")))
+
+
+def rerun(work: Path, runs: Path) -> str:
+    proc = ftpipe("run", str(work / "tiny_lora.yaml"), "--runs-dir", str(runs), *ARGS, cwd=work)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-2000:]
+    return out
+
+
+def job(tmp_path: Path) -> tuple[Path, Path]:
+    work = tmp_path / "job"
+    shutil.copytree(SPEC.parent.parent, work)  # specs/ and data/, so the spec's relative paths hold
+    return work / "specs", tmp_path / "runs"
+
+
+def test_changed_data_starts_a_new_run_instead_of_resuming(tmp_path, tiny_llama_dir):
+    work, runs = job(tmp_path)
+    old = killed_run(work, runs, checkpointed)
+    data = work.parent / "data" / "colors.jsonl"
+    data.write_text(data.read_text() + json.dumps({"question": "What color is fresh snow?", "color": "white"}) + "\n")
+    out = rerun(work, runs)
+    assert "not resuming interrupted run" in out and "its data changed" in out
+    assert load_manifest(old).status == "failed" and load_manifest(old).error.startswith("abandoned: its data changed")
+    assert len(list_runs(runs)) == 2
+
+
+def test_a_partly_written_checkpoint_is_detected_and_not_resumed(tmp_path, tiny_llama_dir):
+    work, runs = job(tmp_path)
+    old = killed_run(work, runs, checkpointed)
+    weights = old / "training/_ludwig/experiment_run/model/training_checkpoints/latest.ckpt.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a save cut short
+    assert checkpoint_state(old / "training")[0] == "partial"
+    out = rerun(work, runs)
+    assert "its last checkpoint is incomplete" in out
+    assert load_manifest(old).status == "failed"
+
+
+def test_a_complete_checkpoint_is_resumed_in_its_own_folder(tmp_path, tiny_llama_dir):
+    work, runs = job(tmp_path)
+    old = killed_run(work, runs, checkpointed)
+    step = json.loads((old / f"training/_ludwig/experiment_run/model/{CHECKPOINT_RECORD}").read_text())["step"]
+    out = rerun(work, runs)
+    assert "resuming interrupted run" in out and "(resuming its checkpoint)" in out
+    manifest = load_manifest(old)
+    assert manifest.status == "trained" and manifest.attempts == 2 and step > 0
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_into_the_right_folder(tmp_path, tiny_llama_dir):
+    work, runs = job(tmp_path)
+    old = killed_run(work, runs, training_started)
+    rerun(work, runs)
+    manifest = load_manifest(old)
+    assert manifest.status == "trained" and manifest.attempts == 2
+    assert not list((old / "training/_ludwig").glob("experiment_run_*"))  # no experiment_run_0 beside it
+    stats = json.loads((old / "training_statistics.json").read_text())
+    assert stats.get("training"), "training statistics were read from the wrong Ludwig folder"
+
+
+def test_checkpoint_state_compares_every_part_with_the_record(tmp_path):
+    model = tmp_path / "training" / "_ludwig" / "experiment_run" / "model"
+    (model / "training_checkpoints").mkdir(parents=True)
+    assert checkpoint_state(tmp_path / "training")[0] == "none"
+    for name, data in (("training_checkpoints/latest.ckpt", b"meta"), ("training_checkpoints/latest.ckpt.safetensors", b"w" * 64),
+                       ("training_progress.json", b"{}")):
+        (model / name).write_bytes(data)
+    assert checkpoint_state(tmp_path / "training")[0] == "partial"  # never recorded: killed while saving
+    record_checkpoint(model, 12)
+    assert checkpoint_state(tmp_path / "training") == ("complete", "step 12")
+    (model / "training_progress.json").write_bytes(b'{"steps": 13}')  # a newer part beside older ones
+    state, why = checkpoint_state(tmp_path / "training")
+    assert state == "partial" and "training_progress.json" in why
