@@ -218,7 +218,7 @@ def rollback(pipeline: str = typer.Argument(..., help="Pipeline name."), runs_di
     """Point the pipeline's `promoted` pointer back at the previously promoted run."""
     from ftpipe.lifecycle import rollback as rollback_pipeline
 
-    _guard(lambda: typer.echo(f"promoted {rollback_pipeline(pipeline, runs_dir)}"))
+    _guard(lambda: typer.echo(f"promoted {rollback_pipeline(pipeline, runs_dir)} (rolled back one promotion)"))
 
 
 @runs_app.command("list")
@@ -226,17 +226,29 @@ def runs_list(pipeline: Optional[str] = typer.Argument(None), runs_dir: Optional
     """Runs, newest first: id, status, key numbers."""
     from ftpipe.lifecycle import display_status, list_runs, promoted_run
 
+    from ftpipe.lifecycle.runs import PROMOTED, corrupt_runs, pipeline_dir
+
     def body():
         rows = list_runs(runs_dir, pipeline)
-        if not rows:
+        broken = corrupt_runs(runs_dir, pipeline)
+        if not rows and not broken:
             typer.echo("no runs")
         for run_dir, m in rows:
             s = m.summary
             extra = f"learned {s['learned']}/{s['target_tasks']}, forgot {s['forgot']}/{s['held_out_tasks']}" if s else ""
-            if s and "gates_passed" in s:
+            if s and s.get("gates_configured", True) and "gates_passed" in s:
                 extra += ", gates " + ("passed" if s["gates_passed"] else "FAILED")
+            elif s:
+                extra += ", no gates"
             star = "*" if promoted_run(m.pipeline, run_dir.parent.parent) == run_dir else " "
             typer.echo(f"{star} {m.pipeline:20} {m.run_id:28} {display_status(run_dir, m):12} {m.adapter or '':6} {extra}")
+        for run_dir in broken:
+            typer.echo(f"! {run_dir.parent.name:20} {run_dir.name:28} {'corrupt':12} manifest unreadable: "
+                       f"`ftpipe runs repair {run_dir.parent.name}`", err=True)
+        for name in sorted({m.pipeline for _, m in rows}):
+            link = pipeline_dir(name, runs_dir) / PROMOTED
+            if link.is_symlink() and promoted_run(name, runs_dir) is None:
+                typer.echo(f"! {name}: the promoted pointer names a missing run: `ftpipe runs repair {name}`", err=True)
 
     _guard(body)
 
@@ -251,6 +263,19 @@ def runs_show(run_ref: str = typer.Argument(...), runs_dir: Optional[Path] = Roo
         m = load_manifest(run_dir).model_dump(mode="json")
         m["status"] = display_status(run_dir, load_manifest(run_dir))
         typer.echo(json.dumps(m, indent=2))
+
+    _guard(body)
+
+
+@runs_app.command("repair")
+def runs_repair(pipeline: Optional[str] = typer.Argument(None, help="Pipeline name (default: every pipeline)."),
+                runs_dir: Optional[Path] = RootOption) -> None:
+    """Repair state after damage: unreadable manifests, a dangling promoted pointer, the history database."""
+    from ftpipe.lifecycle.repair import repair
+
+    def body():
+        for line in repair(pipeline, runs_dir) or ["nothing to repair"]:
+            typer.echo(line)
 
     _guard(body)
 

@@ -59,6 +59,14 @@ class RunNotFoundError(BadInputError):
     """A run id or folder does not exist."""
 
 
+class CorruptStateError(FtpipeError):
+    """A manifest, the history database or a store entry is damaged; the message names the way out."""
+
+
+class StorageError(FtpipeError):
+    """A file could not be written (disk full, a file-size limit, a read-only folder)."""
+
+
 class LockedError(FtpipeError):
     """Another run of the same pipeline holds the lock."""
 

@@ -14,7 +14,7 @@ from ftpipe.data.formats import peek_columns
 from ftpipe.data.templates import task_fields
 from ftpipe.errors import SpecError
 from ftpipe.models.registry import KNOWN_MODELS
-from ftpipe.spec import LoadedSpec, display_path, load_spec
+from ftpipe.spec import LoadedSpec, display_path, hidden_escape, load_spec, project_root
 
 
 def validate_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpec:
@@ -35,6 +35,7 @@ def reference_problems(loaded: LoadedSpec) -> list[str]:
     """Checks that need the file system but not torch: files exist, templates name real columns, model resolves."""
     spec, problems = loaded.spec, []
     where = loaded.where
+    root = project_root(loaded.base_dir)
 
     problems += _check_base_model(spec.base_model, loaded, where(("base_model",)), KNOWN_MODELS)
     task_locs = [("tasks", i) for i in range(len(spec.tasks))]
@@ -47,6 +48,9 @@ def reference_problems(loaded: LoadedSpec) -> list[str]:
             if value is not None and not loaded.resolve(value).exists():
                 problems.append(f"{where(tloc + ('source', key))} {_dotted(tloc)}.source.{key}: no such file {value} "
                                 f"(paths are relative to {display_path(loaded.base_dir)})")
+            elif value is not None and (escape := hidden_escape(loaded.resolve(value), root)) is not None:
+                problems.append(f"{where(tloc + ('source', key))} {_dotted(tloc)}.source.{key}: {value} is a symlink to "
+                                f"{escape}, outside the project {root} (name the real path, or copy the file in)")
         for key in ("path", "train", "validation", "test"):
             value = getattr(src, key)
             if value is not None and _is_blank(loaded.resolve(value)):

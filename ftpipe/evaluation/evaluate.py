@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ftpipe import console
+from ftpipe import console, faults
 from ftpipe.data import PreparedData
 from ftpipe.evaluation.cache import cache_key, load_cached, store_cached
 from ftpipe.evaluation.compare import compare_task
@@ -106,6 +106,7 @@ def evaluate_run(run_dir: Path, *, loaded: LoadedSpec, prepared: PreparedData, b
             ModelSpec(base_path=base_path, quantization=quant, device=device), prepared, spec,
             label="quantized base", use_cache=True, few_shot=True)
         fingerprints = {"base": quant_fp, "base_full_precision": full_fp}
+    faults.point("evaluate")
     tuned_scores, _, fingerprints["tuned"] = _scored(tuned_model_spec(run_dir, spec, base_path, device), prepared, spec,
                                                      label="tuned", use_cache=False)
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ftpipe import faults
 from ftpipe.files import write_json_atomic, write_text_atomic
 
 
@@ -163,6 +164,7 @@ def _save(fig, path: Path, plt) -> Path:
 def write_report(run_dir: Path, report: dict) -> Path:
     """Write report.json, report.md and the charts into a run folder."""
     write_json_atomic(run_dir / "report.json", report)
+    faults.point("report")
     render_charts(report, run_dir)
     write_text_atomic(run_dir / "report.md", render_markdown(report))
     return run_dir / "report.md"

@@ -15,9 +15,9 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftpipe import console
+from ftpipe import console, faults
 from ftpipe.data import eval_items_as_dicts, prepare_for_base_model, training_frame, validate_spec
-from ftpipe.errors import FtpipeError, GateFailedError
+from ftpipe.errors import FtpipeError, GateFailedError, StorageError
 from ftpipe.files import write_json_atomic, write_text_atomic
 from ftpipe.lifecycle import history
 from ftpipe.lifecycle.runs import (
@@ -122,12 +122,19 @@ def _run_locked(loaded: LoadedSpec, root: Path, evaluate: bool) -> RunResult:
     try:
         report = _stages(loaded, run_dir, manifest, base_path, device, evaluate)
     except BaseException as e:  # KeyboardInterrupt too: the run must not stay "running"
+        storage = storage_error(e, run_dir)
         manifest.status = "failed"
-        manifest.error = e.one_line() if isinstance(e, FtpipeError) else f"{type(e).__name__}: {e}"
+        failure = storage or e
+        manifest.error = failure.one_line() if isinstance(failure, FtpipeError) else f"{type(e).__name__}: {e}"
         manifest.finished_at = now_iso()
-        save_manifest(run_dir, manifest)
+        try:  # on a full disk these may fail too: the run then shows as interrupted, which is also true
+            save_manifest(run_dir, manifest)
+            (run_dir / "error.txt").write_text(traceback.format_exc())
+        except OSError as again:
+            console.log(f"warning: could not record the failure in {run_dir} ({again.strerror})")
         history.record_run(manifest, run_dir)
-        (run_dir / "error.txt").write_text(traceback.format_exc())
+        if storage is not None:
+            raise storage from e
         raise
     gates = report.get("gates") if report else None
     manifest.status = "succeeded" if report is not None else "trained"
@@ -140,6 +147,25 @@ def _run_locked(loaded: LoadedSpec, root: Path, evaluate: bool) -> RunResult:
     else:
         _promote_or_refuse(run_dir, manifest, gates, loaded.spec.gates.on_failure_command)
     return RunResult(run_dir=run_dir, manifest=manifest, report=report)
+
+
+_STORAGE_ERRNOS = {"ENOSPC": "no space left on the device", "EFBIG": "a file-size limit was reached",
+                   "EDQUOT": "the disk quota is used up", "EROFS": "the file system is read-only"}
+
+
+def storage_error(error: BaseException, run_dir: Path) -> StorageError | None:
+    """A one-line StorageError naming what could not be written, when `error` (or its cause) is a full disk."""
+    import errno
+
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and errno.errorcode.get(seen.errno or -1) in _STORAGE_ERRNOS:
+            what = seen.filename or seen.filename2 or f"a file under {run_dir}"
+            why = _STORAGE_ERRNOS[errno.errorcode[seen.errno]]
+            return StorageError(f"could not write {what}: {why}; the run is marked failed and nothing was promoted",
+                                hint="free disk space (or raise the limit) and run again")
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _resumable(pipeline: str, spec_hash: str, fingerprint: str, root: Path) -> Path | None:
@@ -185,6 +211,7 @@ def _stages(loaded: LoadedSpec, run_dir: Path, manifest: Manifest, base_path: st
         write_json_atomic(run_dir / "eval_items.json", eval_items_as_dicts(prepared))
         write_json_atomic(run_dir / "trained_ids.json", prepared.trained_ids())
         write_json_atomic(run_dir / "trained_content.json", {"content": sorted({r["content"] for r in prepared.train_rows})})
+        faults.point("prepare")
         manifest.data_fingerprint = prepared.fingerprint
         for name, m in prepared.mixture.items():
             console.log(f"  {name}: {m['rows']} rows, {m['tokens']} tokens ({m['token_share']:.0%} of tokens)")
@@ -194,6 +221,7 @@ def _stages(loaded: LoadedSpec, run_dir: Path, manifest: Manifest, base_path: st
         resolved = check_config(config)
         write_text_atomic(run_dir / "ludwig_config.yaml", yaml.safe_dump(config, sort_keys=True))
         write_text_atomic(run_dir / "ludwig_config.resolved.yaml", yaml.safe_dump(resolved, sort_keys=True))
+        faults.point("compile")
         manifest.config_hash = config_hash(config)
     save_manifest(run_dir, manifest)
 

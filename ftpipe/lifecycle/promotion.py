@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime, timezone
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ftpipe import console
+from ftpipe import console, faults
 from ftpipe.errors import BadInputError
 from ftpipe.lifecycle import history
 from ftpipe.lifecycle.runs import (
@@ -27,7 +28,6 @@ from ftpipe.lifecycle.runs import (
     PipelineLock,
     find_run,
     load_manifest,
-    now_iso,
     pipeline_dir,
     promoted_run,
     set_promoted,
@@ -86,20 +86,40 @@ def _servable(pdir: Path, run_id: str) -> bool:
 
 
 def _move(pdir: Path, action: str, run_id: str | None, stack: list[str], detail: str) -> None:
-    event = {"at": now_iso(), "action": action, "run": run_id, "stack": stack, "detail": detail}
+    at = datetime.now(timezone.utc).isoformat(timespec="microseconds")  # events of one second stay distinct
+    event = {"at": at, "action": action, "run": run_id, "stack": stack, "detail": detail}
     _append(pdir, event)
+    faults.point("promote")
     history.record_promotion(pdir.name, run_id or "", f"{action}: {detail}" if detail else action, event["at"])
     _point(pdir, run_id)
 
 
-def reconcile(pdir: Path) -> None:
-    """Make the symlink agree with the journal (after a kill between the two); call holding the lock."""
+def reconcile(pdir: Path) -> list[str]:
+    """Make the pointer agree with the journal, and name only a servable run; call holding the lock.
+
+    Repairs what a kill between the journal line and the symlink swap left behind, and a pointer
+    whose run folder was deleted or damaged since (it walks back to the newest servable promotion).
+
+    Returns:
+        One line per repair made (empty when everything agreed).
+    """
+    repairs = []
     stack = promotion_stack(pdir)
+    gone = []
+    while stack and not _servable(pdir, stack[-1]):
+        gone.append(stack.pop())
+    if gone:
+        detail = f"passed over missing or incomplete {', '.join(gone)}"
+        _move(pdir, "repair", stack[-1] if stack else None, stack, detail)
+        repairs.append(f"{pdir.name}: promoted pointer {detail}; now {stack[-1] if stack else 'none'}")
     wanted = stack[-1] if stack else None
-    current = promoted_run(pdir.name, pdir.parent)
-    if (current.name if current else None) != wanted and journal_events(pdir):
-        console.log(f"repairing the promoted pointer of {pdir.name}: {current.name if current else 'none'} -> {wanted or 'none'}")
+    link = pdir / PROMOTED
+    current = os.readlink(link) if link.is_symlink() else None
+    if current != wanted and (journal_events(pdir) or current is not None):
+        console.log(f"repairing the promoted pointer of {pdir.name}: {current or 'none'} -> {wanted or 'none'}")
         _point(pdir, wanted)
+        repairs.append(f"{pdir.name}: promoted pointer {current or 'none'} -> {wanted or 'none'}")
+    return repairs
 
 
 def promote_locked(run_dir: Path, by: str) -> None:
@@ -156,7 +176,7 @@ def locked(pdir: Path, what: str) -> Iterator[PipelineLock]:
     lock = PipelineLock(pdir)
     lock.acquire(what)
     try:
-        reconcile(pdir)
+        lock.repairs = reconcile(pdir)
         yield lock
     finally:
         lock.release()

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from ftpipe.errors import LockedError, RunNotFoundError
+from ftpipe.errors import BadInputError, CorruptStateError, LockedError, RunNotFoundError
 from ftpipe.files import write_json_atomic
 from ftpipe.paths import runs_root
 from ftpipe.version import __version__
@@ -75,11 +75,19 @@ def save_manifest(run_dir: Path, manifest: Manifest) -> None:
 
 
 def load_manifest(run_dir: Path) -> Manifest:
-    """Read a run's manifest (upgrading older schema versions when there are any)."""
+    """Read a run's manifest; a damaged one is a CorruptStateError naming `ftpipe runs repair`."""
+    from pydantic import ValidationError
+
     path = run_dir / MANIFEST
     if not path.exists():
         raise RunNotFoundError(f"{run_dir}: not a run folder (no {MANIFEST})", hint="see `ftpipe runs list`")
-    return Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        return Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, ValidationError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        reason = str(e).splitlines()[0][:120]
+        raise CorruptStateError(f"{path}: unreadable manifest ({reason})",
+                                hint=f"run `ftpipe runs repair {run_dir.parent.name}` to mark the run failed and "
+                                     "rebuild the history") from None
 
 
 def package_versions() -> dict[str, str]:
@@ -126,6 +134,7 @@ class PipelineLock:
         pipeline_dir.mkdir(parents=True, exist_ok=True)
         self.info_path = pipeline_dir / ".lock.json"
         self._lock = FileLock(str(pipeline_dir / ".lock"))
+        self.repairs: list[str] = []  # what taking the lock repaired (lifecycle.promotion.locked)
 
     def acquire(self, what: str, wait_s: float = 0.0) -> None:
         """Take the lock (waiting up to `wait_s`) or raise LockedError naming the holder."""
@@ -198,7 +207,14 @@ def _process_start(pid: int) -> str | None:
 
 
 def pipeline_dir(pipeline: str, root: Path | None = None) -> Path:
-    """Folder of one pipeline's runs."""
+    """Folder of one pipeline's runs; a name that is a path (`../x`, `a/b`) is refused, never followed."""
+    import re
+
+    from ftpipe.spec.schema import NAME_PATTERN
+
+    if not re.fullmatch(NAME_PATTERN, pipeline or ""):
+        raise BadInputError(f"pipeline name {pipeline!r} is not a name: letters, digits, '_', '.', '-', "
+                            "starting with a letter or digit", hint="give the pipeline's name, as its spec's name: field says")
     return (root or runs_root()) / pipeline
 
 
@@ -216,9 +232,26 @@ def list_runs(root: Path | None = None, pipeline: str | None = None) -> list[tup
             if not run_dir.is_symlink() and (run_dir / MANIFEST).exists():  # `promoted` is a pointer, not a run
                 try:
                     found.append((run_dir, load_manifest(run_dir)))
-                except ValueError:
-                    continue
+                except CorruptStateError:
+                    continue  # listed by corrupt_runs(); `ftpipe runs repair` marks it failed
     return sorted(found, key=lambda x: x[1].started_at, reverse=True)
+
+
+def corrupt_runs(root: Path | None = None, pipeline: str | None = None) -> list[Path]:
+    """Run folders whose manifest cannot be read."""
+    root = root or runs_root()
+    if not root.exists():
+        return []
+    pipelines = [root / pipeline] if pipeline else sorted(p for p in root.iterdir() if p.is_dir())
+    bad = []
+    for pdir in pipelines:
+        for run_dir in sorted(pdir.iterdir()) if pdir.is_dir() else []:
+            if not run_dir.is_symlink() and (run_dir / MANIFEST).exists():
+                try:
+                    load_manifest(run_dir)
+                except CorruptStateError:
+                    bad.append(run_dir)
+    return bad
 
 
 def display_status(run_dir: Path, manifest: Manifest) -> str:

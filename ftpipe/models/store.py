@@ -123,6 +123,21 @@ def _is_stored(path: Path) -> bool:
     return path.is_dir() and (path / RECORD_FILE).is_file()
 
 
+def missing_parts(path: Path) -> list[str]:
+    """What a stored model folder lacks: its record, config, tokenizer, or weight files of the recorded size."""
+    if not path.is_dir():
+        return [str(path)]
+    record = _read_record(path)
+    if not record:
+        return [RECORD_FILE]
+    missing = [name for name in ("config.json", "tokenizer.json") if not (path / name).is_file()]
+    for name, info in (record.get("weights") or {}).items():
+        weight = path / name
+        if not weight.is_file() or weight.stat().st_size != info.get("size"):
+            missing.append(name)
+    return missing
+
+
 def _read_record(path: Path) -> dict[str, Any]:
     try:
         return json.loads((path / RECORD_FILE).read_text())
@@ -168,6 +183,10 @@ def model_path(name: str) -> Path:
             f"model {name!r} is not in the store ({models_dir()})",
             hint=f"run: ftpipe models pull {name}",
         )
+    missing = missing_parts(path)
+    if missing:
+        raise ModelNotFoundError(f"model {name!r} in the store is incomplete (missing or damaged: {', '.join(missing)})",
+                                 hint=f"run: ftpipe models pull {name} (it rebuilds the entry)")
     return path.resolve()
 
 
@@ -325,7 +344,7 @@ def pull(name: str, from_path: Path | None = None, progress: Progress | None = N
     _check_known(name)
     say: Progress = progress or (lambda _msg: None)
     final = models_dir() / name
-    if _is_stored(final):
+    if _is_stored(final) and not missing_parts(final):
         return final.resolve()
     if from_path is not None:
         if name != SMOLLM2:
@@ -351,14 +370,14 @@ def pull(name: str, from_path: Path | None = None, progress: Progress | None = N
                 hint="another ftpipe process holds the store lock; wait for it or stop it",
             ) from None
     try:
-        if _is_stored(final):  # another process finished it while we waited
+        if _is_stored(final) and not missing_parts(final):  # another process finished it while we waited
             return final.resolve()
-        if final.exists() or final.is_symlink():
-            raise FtpipeError(
-                f"{final} exists but is not a complete store model (no {RECORD_FILE})",
-                hint=f"run: ftpipe models rm {name}",
-            )
         root = models_dir()
+        if final.exists() or final.is_symlink():  # a damaged entry (files deleted, a killed copy): rebuild it
+            say(f"rebuilding {name}: the stored folder is incomplete ({', '.join(missing_parts(final))})")
+            broken = root / f".broken-{name}-{os.getpid()}"
+            os.replace(final, broken)
+            shutil.rmtree(broken, ignore_errors=True)
         for stale in root.glob(f".tmp-{name}-*"):  # left by a killed build; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
         tmp = root / f".tmp-{name}-{os.getpid()}"

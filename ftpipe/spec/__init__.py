@@ -5,7 +5,15 @@ imports neither torch nor Ludwig nor the data layer (an import-linter contract c
 """
 
 from ftpipe.spec.docs import spec_json_schema, spec_reference_markdown
-from ftpipe.spec.loading import LoadedSpec, display_path, load_resolved_spec, load_spec, parse_override
+from ftpipe.spec.loading import (
+    LoadedSpec,
+    display_path,
+    hidden_escape,
+    load_resolved_spec,
+    load_spec,
+    parse_override,
+    project_root,
+)
 from ftpipe.spec.schema import (
     AdaloraAdapter,
     ComputeSpec,
@@ -29,7 +37,7 @@ from ftpipe.spec.schema import (
 )
 
 __all__ = [
-    "load_spec", "load_resolved_spec", "LoadedSpec", "display_path", "parse_override", "spec_json_schema",
+    "load_spec", "load_resolved_spec", "LoadedSpec", "display_path", "parse_override", "project_root", "hidden_escape", "spec_json_schema",
     "spec_reference_markdown", "PipelineSpec", "TaskSpec", "SourceSpec", "DataSpec", "MixingSpec", "ReplaySpec",
     "LeakageSpec", "TrainingSpec", "GenerationSpec", "EvaluationSpec", "GatesSpec", "ComputeSpec",
     "DistributedSpec", "FullAdapter", "LoraAdapter", "QloraAdapter", "Ia3Adapter", "LohaAdapter", "AdaloraAdapter",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,19 +59,78 @@ def _yaml():
     return YAML(typ="rt")
 
 
+# A spec is a small hand-written file: anything far larger, deeper or more repetitive is refused
+# before it can exhaust memory (a YAML "billion laughs" alias bomb expands exponentially).
+MAX_SPEC_BYTES = 1_000_000
+MAX_SPEC_VALUES = 20_000
+MAX_SPEC_DEPTH = 32
+
+
 def _read_yaml(path: Path) -> Any:
-    from ruamel.yaml.error import MarkedYAMLError
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
     try:
-        text = path.read_text(encoding="utf-8")
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(f"{path}: {size / 1e6:.1f} MB; a spec is at most {MAX_SPEC_BYTES // 1_000_000} MB",
+                            hint="keep data in source files, not in the spec")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise SpecError(f"{path}: no such file", hint="check the path") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: a folder, not a spec file", hint="give the spec's .yaml file") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not UTF-8 text (byte {e.start})", hint="a spec is a UTF-8 YAML file") from None
     try:
-        return _yaml().load(text)
+        doc = _yaml().load(text)
     except MarkedYAMLError as e:
         mark = e.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise SpecError(f"{where} invalid YAML: {e.problem}", hint="fix the YAML syntax") from None
+    except (YAMLError, RecursionError) as e:
+        raise SpecError(f"{path}: invalid YAML ({type(e).__name__})", hint="fix the YAML syntax") from None
+    _check_shape(doc, path)
+    return doc
+
+
+def _check_shape(doc: Any, path: Path) -> None:
+    """Refuse documents whose aliases expand to too many values, or that nest too deep."""
+    budget = [MAX_SPEC_VALUES]
+    stack = [(doc, 0)]
+    while stack:
+        node, depth = stack.pop()
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise SpecError(f"{path}: YAML aliases expand to more than {MAX_SPEC_VALUES} values (an alias bomb?)",
+                            hint="write the spec without repeated alias expansion")
+        if depth > MAX_SPEC_DEPTH:
+            raise SpecError(f"{path}: nested more than {MAX_SPEC_DEPTH} levels deep", hint="a spec is a shallow mapping")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def project_root(start: Path) -> Path:
+    """The git work tree holding `start` (the folder with .git), else `start` itself."""
+    start = Path(os.path.abspath(start))
+    for folder in (start, *start.parents):
+        if (folder / ".git").exists():
+            return folder
+    return start
+
+
+def hidden_escape(path: Path, root: Path) -> Path | None:
+    """Where `path` really leads when a symlink takes it out of `root` although it is written inside it.
+
+    A path written as `../../elsewhere` is visible to whoever reads the spec and is allowed; a path
+    that looks local but follows a symlink out of the project (to ~/.ssh, say) is not.
+    """
+    lexical = Path(os.path.abspath(path))
+    real = lexical.resolve()
+    if real == lexical or not lexical.is_relative_to(root) or real.is_relative_to(root.resolve()):
+        return None
+    return real
 
 
 def _collect_locations(node: Any, path: Path, prefix: tuple, out: dict[tuple, Location]) -> None:
@@ -139,7 +199,7 @@ def _rebase_paths(doc: dict, from_dir: Path, to_dir: Path) -> dict:
     return doc
 
 
-def _load_with_extends(path: Path, seen: tuple[Path, ...], locations: dict[tuple, Location]) -> dict:
+def _load_with_extends(path: Path, seen: tuple[Path, ...], locations: dict[tuple, Location], root: Path) -> dict:
     path = path.resolve()
     if path in seen:
         chain = " -> ".join(str(p) for p in (*seen, path))
@@ -156,11 +216,16 @@ def _load_with_extends(path: Path, seen: tuple[Path, ...], locations: dict[tuple
     if parent_ref is None:
         locations.update(own)
         return plain
-    parent_path = (path.parent / str(parent_ref)).resolve()
+    written = path.parent / str(parent_ref)
+    parent_path = written.resolve()
+    f, line, col = own[("extends",)]
     if not parent_path.exists():
-        f, line, col = own[("extends",)]
         raise SpecError(f"{f}:{line}:{col} extends: no such file {parent_ref}", hint="give a path relative to this spec")
-    parent = _load_with_extends(parent_path, (*seen, path), locations)
+    escape = hidden_escape(written, root)
+    if escape is not None:
+        raise SpecError(f"{f}:{line}:{col} extends: {parent_ref} is a symlink to {escape}, outside the project {root}",
+                        hint="name the real path in extends, or copy the file into the project")
+    parent = _load_with_extends(parent_path, (*seen, path), locations, root)
     parent = _rebase_paths(parent, parent_path.parent, path.parent)
     locations.update(own)  # the child's lines win where it overrides
     return _deep_merge(parent, plain)
@@ -278,7 +343,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpe
     """
     spec_path = Path(path)
     locations: dict[tuple, Location] = {}
-    raw = _load_with_extends(spec_path, (), locations)
+    raw = _load_with_extends(spec_path, (), locations, project_root(spec_path.parent))
     override_locs: dict[tuple, str] = {}
     for text in overrides or []:
         parts, value = parse_override(text)

@@ -83,10 +83,10 @@ class TaskSpec(Section):
         None, description="Column holding a stable row id. Unset: a row's id hashes the values the task reads "
                           "(so appending rows or columns, or rewording a template, never moves a row between splits).")
     weight: float = Field(1.0, gt=0, description="Mixing weight among training tasks.")
-    max_items: int | None = Field(None, ge=1, description="Cap on evaluated items (deterministic sample).")
+    max_items: int | None = Field(None, ge=1, le=1_000_000, description="Cap on evaluated items (deterministic sample).")
     max_new_tokens: int | None = Field(None, ge=1, le=4096, description="Generation length for this task (default: generation.max_new_tokens).")
     max_train_rows: int | None = Field(None, ge=1, description="Cap on training rows taken from this task.")
-    prompt_words: int = Field(8, ge=1, description="Domain adaptation: words of each passage given as the prompt.")
+    prompt_words: int = Field(8, ge=1, le=10_000, description="Domain adaptation: words of each passage given as the prompt.")
 
     @model_validator(mode="before")
     @classmethod
@@ -149,7 +149,7 @@ class LeakageSpec(Section):
     """The check that nothing evaluated was also trained on."""
 
     action: Literal["fail", "drop"] = Field("fail", description="fail: stop and show leaks; drop: remove leaked items from evaluation.")
-    ngram: int = Field(8, ge=3, description="Word n-gram size for near-duplicate detection.")
+    ngram: int = Field(8, ge=3, le=64, description="Word n-gram size for near-duplicate detection.")
     near_duplicate_threshold: float = Field(
         0.5, gt=0, le=1, description="Share of an evaluated item's n-grams found in one training row that makes it a near-duplicate."
     )
@@ -236,7 +236,7 @@ class TrainingSpec(Section):
     """Trainer settings; every value is passed to Ludwig explicitly (its defaults are ECD's, not an LLM's)."""
 
     epochs: int = Field(3, ge=1, le=1000, description="Passes over the training rows.")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    max_steps: int | None = Field(None, ge=1, le=10_000_000, description="Stop after this many optimizer steps (overrides epochs).")
     learning_rate: float = Field(1e-3, gt=0, le=1, description="Peak learning rate.")
     lr_schedule: Literal["constant", "linear", "cosine"] = Field("linear", description="Decay after warmup.")
     warmup_fraction: float = Field(0.0, ge=0, lt=1, description="Share of steps spent warming up.")
@@ -244,10 +244,10 @@ class TrainingSpec(Section):
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
     weight_decay: float = Field(0.0, ge=0, lt=1)
     max_sequence_length: int | None = Field(
-        None, ge=16, description="Cap on prompt+target tokens; rows over it are bad rows. Unset: the model's context."
+        None, ge=16, le=1_048_576, description="Cap on prompt+target tokens; rows over it are bad rows. Unset: the model's context."
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
-    early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many checkpoints without validation improvement.")
+    early_stopping_patience: int | None = Field(None, ge=1, le=10_000, description="Stop after this many checkpoints without validation improvement.")
     checkpoints_per_epoch: int = Field(1, ge=1, le=100, description="Checkpoints (and validation passes) per epoch.")
     evaluate_during_training: bool = Field(True, description="Validation loss at each checkpoint (off: faster, no best-checkpoint choice).")
     seed: int = Field(42)
@@ -268,12 +268,12 @@ class EvaluationSpec(Section):
     """What the evaluator scores besides the target tasks' test splits."""
 
     held_out: list[TaskSpec] = Field(default_factory=list, description="Tasks not trained on: where forgetting shows.")
-    max_items: int = Field(200, ge=1, description="Default cap on evaluated items per task.")
-    min_items: int = Field(1, ge=1, description="Fewest items a task may be evaluated on (after leakage drops); fewer stops "
+    max_items: int = Field(200, ge=1, le=1_000_000, description="Default cap on evaluated items per task.")
+    min_items: int = Field(1, ge=1, le=1_000_000, description="Fewest items a task may be evaluated on (after leakage drops); fewer stops "
                                                 "the run before training.")
     few_shot: int = Field(0, ge=0, le=16, description="k for the few-shot baseline of the base model on target tasks (0 = off).")
     batch_size: int = Field(16, ge=1, le=1024, description="Generation batch size.")
-    bootstrap_resamples: int = Field(10_000, ge=100)
+    bootstrap_resamples: int = Field(10_000, ge=100, le=1_000_000)
     confidence: float = Field(0.95, gt=0.5, lt=1)
 
 

@@ -181,6 +181,9 @@ def make_progress_callback(on_step: Callable[[dict], None]):
                      "learning_rate": progress_tracker.learning_rate})
 
         def on_checkpoint(self, trainer, progress_tracker):
+            from ftpipe import faults
+
+            faults.point("train:checkpoint")
             record_checkpoint(Path(self.save_path), progress_tracker.steps)
 
     return _Progress()
