@@ -9,10 +9,13 @@ running the script again rewrites every file byte for byte (the test suite check
 All word lists, templates and facts below were written for ftpipe (CC0-1.0); no third-party
 data is read or copied. The CARD.md files and README.md are hand-written and not generated.
 
-In the two target datasets (ticket_routing, order_extraction) no input is an exact or near
-duplicate of another input by ftpipe's leakage rule (reimplemented below, see LEAK_NGRAM), so
-no train/validation/test split of them can leak: candidates that would break this are drawn
-again during generation, and the finished rows are checked once more before they are written.
+In the two target datasets (ticket_routing, order_extraction), in concise_preference (its
+prompts) and in support_chats (the concatenated user turns of each conversation) no input is an
+exact or near duplicate of another input by ftpipe's leakage rule (reimplemented below, see
+LEAK_NGRAM), so no train/validation/test split of them can leak: candidates that would break
+this are drawn again during generation, and the finished rows are checked once more before they
+are written. concise_preference prompts also never duplicate a held-out probe question or a
+replay instruction, and no support_chats user turn duplicates a ticket_routing message.
 
 Outputs (relative to the output folder):
     ticket_routing/ticket_routing.jsonl           target task, classification
@@ -23,11 +26,17 @@ Outputs (relative to the output folder):
     general_instructions/general_instructions.jsonl   replay data
     harbor_handbook/harbor_handbook.txt           domain-adaptation raw text
     harbor_handbook/harbor_handbook_heldout.txt   held-out paragraphs for perplexity
+    concise_preference/concise_preference.jsonl   preference pairs (prompt, chosen, rejected)
+    support_chats/support_chats.jsonl             multi-turn chats, OpenAI "messages" format
+    support_chats/support_chats_sharegpt.jsonl    the same chats, ShareGPT "conversations"
+
+(support_chats/malformed/ holds hand-written fixtures for error tests; not generated here.)
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import random
 import re
@@ -46,6 +55,7 @@ FIELDS = {
     "everyday_mc": ["answer", "choices", "question"],
     "word_opposites": ["aliases", "answer", "question"],
     "general_instructions": ["instruction", "response"],
+    "concise_preference": ["answer", "chosen", "pair_type", "prompt", "rejected"],
 }
 
 # The field that is the model's input, per JSONL dataset (must be unique within a dataset).
@@ -56,11 +66,13 @@ INPUT_FIELD = {
     "everyday_mc": "question",
     "word_opposites": "question",
     "general_instructions": "instruction",
+    "concise_preference": "prompt",
 }
 
-# Target datasets in which no input is an exact or near duplicate of another input (so that no
-# train/validation/test split of them can leak; see NearDuplicateGuard).
-NO_NEAR_DUPLICATES = ("ticket_routing", "order_extraction")
+# JSONL datasets in which no input is an exact or near duplicate of another input (so that no
+# train/validation/test split of them can leak; see NearDuplicateGuard). support_chats has the
+# same property for its concatenated user turns (checked in build_all).
+NO_NEAR_DUPLICATES = ("ticket_routing", "order_extraction", "concise_preference")
 
 # --------------------------------------------------------------------------------------------
 # small helpers
@@ -134,10 +146,11 @@ class NearDuplicateGuard:
         self.sizes: list[int] = []
         self.index: dict[tuple[str, ...], list[int]] = {}
 
-    def admit(self, text: str) -> bool:
+    def clashes(self, text: str) -> bool:
+        """True when ``text`` is an exact or near duplicate of an admitted text (either way)."""
         norm = normalize_for_leakage(text)
         if norm in self.exact:
-            return False
+            return True
         grams = word_ngrams(norm)
         hits: dict[int, int] = {}
         for g in grams:
@@ -145,12 +158,23 @@ class NearDuplicateGuard:
                 hits[i] = hits.get(i, 0) + 1
         for i, count in hits.items():
             if count / len(grams) >= LEAK_THRESHOLD or count / self.sizes[i] >= LEAK_THRESHOLD:
-                return False
+                return True
+        return False
+
+    def add(self, text: str) -> None:
+        """Record ``text`` without checking it (e.g. texts that others must not duplicate)."""
+        norm = normalize_for_leakage(text)
+        grams = word_ngrams(norm)
         new = len(self.sizes)
         self.exact.add(norm)
         self.sizes.append(len(grams))
         for g in grams:
             self.index.setdefault(g, []).append(new)
+
+    def admit(self, text: str) -> bool:
+        if self.clashes(text):
+            return False
+        self.add(text)
         return True
 
 
@@ -2561,6 +2585,1168 @@ def build_harbor_handbook(rng: random.Random, heldout_chars: int = 12_000) -> tu
 
 
 # --------------------------------------------------------------------------------------------
+# 8. concise_preference (preference pairs: concise, direct answers over padded or evasive ones)
+# --------------------------------------------------------------------------------------------
+
+# Every question below is answered by the script (sums, conversions, weekdays, letter counts) or
+# comes from a hand-written fact list. A question is a dict:
+#   prompt, answer (the key fact as it appears in a correct reply), wrong (a plausible wrong
+#   value), say (a one-sentence reply with "{x}" where the value goes), family.
+# Pairs are then written in one of three ways (CP_PAIR_PLAN):
+#   concise_vs_rambling  chosen: terse or one sentence; rejected: the same correct fact padded
+#                        with filler sentences (always longer than the chosen reply)
+#   correct_vs_wrong     chosen: correct; rejected: wrong, either terse (so the chosen reply is
+#                        the longer one) or padded (the chosen one is shorter)
+#   direct_vs_evasive    chosen: correct; rejected: no answer at all, either a curt brush-off
+#                        (the chosen reply is the longer one) or a padded deflection (shorter)
+
+CP_N = 400
+# (pair type, chosen reply longer than the rejected one?, rows)
+CP_PAIR_PLAN = [
+    ("concise_vs_rambling", False, 240),
+    ("correct_vs_wrong", True, 40),
+    ("correct_vs_wrong", False, 40),
+    ("direct_vs_evasive", True, 40),
+    ("direct_vs_evasive", False, 40),
+]
+# question families and how many rows each contributes
+CP_FAMILY_QUOTA = {
+    "arithmetic": 70, "word_problem": 70, "conversion": 60, "weekday": 55, "month": 30,
+    "spelling": 40, "letters": 35, "fact": 40,
+}
+
+CP_DAYS = TR_WEEKDAYS
+CP_MONTHS = TR_MONTHS
+CP_MONTH_DAYS = {"January": 31, "March": 31, "April": 30, "May": 31, "June": 30, "July": 31,
+                 "August": 31, "September": 30, "October": 31, "November": 30, "December": 31}
+CP_ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth",
+               "ninth", "tenth", "eleventh", "twelfth"]
+
+# lead-ins put before some prompts (never before a prompt that has a colon of its own)
+CP_PROMPT_LEADS = ["", "", "", "", "", "", "Quick question: ", "Quick one: ", "Just checking: ",
+                   "Sorry if this is basic: ", "One more: "]
+
+# (source unit, target unit, factor, smallest n, largest n)
+CP_UNITS = [
+    ("hours", "minutes", 60, 2, 12), ("minutes", "seconds", 60, 2, 15),
+    ("days", "hours", 24, 2, 10), ("weeks", "days", 7, 2, 20), ("years", "months", 12, 2, 15),
+    ("kilometres", "metres", 1000, 2, 25), ("kilograms", "grams", 1000, 2, 20),
+    ("litres", "millilitres", 1000, 2, 12), ("metres", "centimetres", 100, 2, 30),
+    ("feet", "inches", 12, 2, 12), ("pounds", "ounces", 16, 2, 10),
+    ("centimetres", "millimetres", 10, 2, 50),
+]
+CP_UNIT_PHRASINGS = ["What is {n} {src} in {dst}?", "{n} {src} is how many {dst}?",
+                     "How many {dst} is {n} {src}?", "Turn {n} {src} into {dst}, please."]
+CP_UNIT_BACK_PHRASINGS = ["How many {src} is {m} {dst}?", "{m} {dst} is how many {src}?",
+                          "What is {m} {dst} in {src}?"]
+
+# (correct spelling, a common misspelling)
+CP_SPELLINGS = [
+    ("necessary", "necessery"), ("separate", "seperate"), ("definitely", "definately"),
+    ("receive", "recieve"), ("accommodate", "accomodate"), ("calendar", "calender"),
+    ("tomorrow", "tommorow"), ("beginning", "begining"), ("believe", "beleive"),
+    ("embarrass", "embarass"), ("occurred", "occured"), ("rhythm", "rythm"),
+    ("weird", "wierd"), ("library", "libary"), ("February", "Febuary"),
+    ("Wednesday", "Wensday"), ("government", "goverment"), ("restaurant", "restaraunt"),
+    ("business", "buisness"), ("environment", "enviroment"), ("friend", "freind"),
+    ("piece", "peice"), ("until", "untill"), ("truly", "truely"), ("argument", "arguement"),
+    ("address", "adress"), ("across", "accross"), ("apparent", "apparant"),
+    ("committee", "commitee"), ("conscious", "concious"), ("existence", "existance"),
+    ("grateful", "greatful"), ("immediately", "immediatly"), ("independent", "independant"),
+    ("knowledge", "knowlege"), ("maintenance", "maintainance"), ("occasion", "ocassion"),
+    ("possession", "posession"), ("privilege", "privelege"), ("recommend", "reccomend"),
+    ("schedule", "schedual"), ("tongue", "tounge"), ("vacuum", "vaccum"),
+    ("familiar", "familar"), ("guarantee", "garantee"),
+]
+CP_SPELLING_PHRASINGS = ["Which spelling is right: '{a}' or '{b}'?", "Is it '{a}' or '{b}'?",
+                         "Should I write '{a}' or '{b}'?", "Which is correct, '{a}' or '{b}'?"]
+
+CP_WORDS = [
+    "window", "teapot", "bicycle", "orchard", "sandcastle", "umbrella", "lighthouse", "pumpkin",
+    "calendar", "cinnamon", "hedgehog", "blueberry", "library", "volcano", "parachute",
+    "microwave", "grandmother", "passport", "toothbrush", "avocado", "banana", "harbour",
+    "satellite", "penguin", "cucumber", "marmalade", "wardrobe", "lemonade", "tortoise",
+    "alphabet", "coconut", "dandelion", "envelope", "raspberry", "newspaper", "spaghetti",
+    "kangaroo", "mississippi", "balloon", "committee", "coffee", "address", "staircase",
+]
+CP_LETTER_PHRASINGS = ["How many letters does '{w}' have?", "Count the letters in '{w}'.",
+                       "'{w}' has how many letters?"]
+
+CP_NAMES = ["Maria", "Tom", "Aisha", "Lukas", "Priya", "Sam", "Elena", "Kofi", "Hannah", "Diego",
+            "Mei", "Oliver", "Fatima", "Jonas", "Chloe", "Ravi", "Ingrid", "Mateo", "Grace"]
+
+# (prompt, answer, wrong answer, one-sentence reply with {x})
+CP_FACTS = [
+    ("How many legs does a spider have?", "eight", "six", "A spider has {x} legs."),
+    ("How many legs does an insect have?", "six", "eight", "An insect has {x} legs."),
+    ("How many arms does an octopus have?", "eight", "ten", "An octopus has {x} arms."),
+    ("What colour do you get when you mix blue and yellow paint?", "green", "purple",
+     "Blue and yellow make {x}."),
+    ("What colour do you get when you mix red and white paint?", "pink", "orange",
+     "Red and white make {x}."),
+    ("What colour do you get when you mix red and yellow paint?", "orange", "brown",
+     "Red and yellow make {x}."),
+    ("What colour do you get when you mix red and blue paint?", "purple", "green",
+     "Red and blue make {x}."),
+    ("At what temperature does water freeze, in degrees Celsius?", "0", "10",
+     "Water freezes at {x} °C."),
+    ("At what temperature does water boil at sea level, in degrees Celsius?", "100", "90",
+     "At sea level, water boils at {x} °C."),
+    ("At what temperature does water boil at sea level, in degrees Fahrenheit?", "212", "200",
+     "At sea level, water boils at {x} °F."),
+    ("How many sides does a pentagon have?", "five", "six", "A pentagon has {x} sides."),
+    ("How many sides does an octagon have?", "eight", "six", "An octagon has {x} sides."),
+    ("How many players does a football team have on the pitch?", "eleven", "ten",
+     "A football team has {x} players on the pitch."),
+    ("How many strings does a standard violin have?", "four", "six",
+     "A standard violin has {x} strings."),
+    ("Which planet is closest to the Sun?", "Mercury", "Venus",
+     "{x} is the planet closest to the Sun."),
+    ("Which planet is known as the Red Planet?", "Mars", "Jupiter",
+     "{x} is known as the Red Planet."),
+    ("What is the largest planet in our solar system?", "Jupiter", "Saturn",
+     "{x} is the largest planet in our solar system."),
+    ("What is the largest ocean on Earth?", "Pacific", "Atlantic",
+     "The {x} is the largest ocean on Earth."),
+    ("What gas do plants take in from the air to make their food?", "carbon dioxide", "oxygen",
+     "Plants take in {x} from the air to make their food."),
+    ("How many zeros are in one million?", "six", "five", "One million has {x} zeros."),
+    ("How many cards are in a standard deck, not counting jokers?", "52", "54",
+     "A standard deck has {x} cards without jokers."),
+    ("How many squares are on a chessboard?", "64", "81", "A chessboard has {x} squares."),
+    ("How many keys does a standard piano have?", "88", "76", "A standard piano has {x} keys."),
+    ("How many wheels does a tricycle have?", "three", "two", "A tricycle has {x} wheels."),
+    ("Which month has the fewest days?", "February", "April",
+     "{x} has the fewest days."),
+    ("What is the chemical formula for water?", "H2O", "CO2",
+     "The chemical formula for water is {x}."),
+    ("How many years are in a millennium?", "1,000", "100", "A millennium is {x} years."),
+    ("What do bees make from nectar?", "honey", "pollen", "Bees make {x} from nectar."),
+    ("What is the largest animal on Earth?", "blue whale", "African elephant",
+     "The {x} is the largest animal on Earth."),
+    ("How many colours are usually listed in a rainbow?", "seven", "five",
+     "A rainbow is usually listed with {x} colours."),
+    ("How many degrees are in a right angle?", "90", "180", "A right angle is {x} degrees."),
+    ("How many degrees are in a full circle?", "360", "180", "A full circle is {x} degrees."),
+    ("What do the angles of a triangle add up to, in degrees?", "180", "360",
+     "The angles of a triangle add up to {x} degrees."),
+    ("About how many days does the Earth take to go around the Sun?", "365", "360",
+     "The Earth takes about {x} days to go around the Sun."),
+    ("In which direction does the Sun rise?", "east", "west", "The Sun rises in the {x}."),
+    ("How many teeth does an adult usually have, wisdom teeth included?", "32", "28",
+     "An adult usually has {x} teeth."),
+    ("How many weeks are in a fortnight?", "two", "four", "A fortnight is {x} weeks."),
+    ("What is frozen water called?", "ice", "steam", "Frozen water is called {x}."),
+    ("What is the tallest mountain above sea level?", "Mount Everest", "K2",
+     "{x} is the tallest mountain above sea level."),
+    ("Which organ pumps blood around the body?", "heart", "liver",
+     "The {x} pumps blood around the body."),
+    ("What is the main language spoken in Brazil?", "Portuguese", "Spanish",
+     "The main language in Brazil is {x}."),
+    ("How many hours are in a week?", "168", "148", "A week has {x} hours."),
+    ("What is the square root of 81?", "9", "8", "The square root of 81 is {x}."),
+    ("How many lungs does a person have?", "two", "three", "A person has {x} lungs."),
+]
+
+# Filler for the padded replies. None of it states a fact, a number or a day, so a padded
+# reply holds exactly the facts of the sentence it pads.
+CP_RAMBLE_OPEN = [
+    "Great question!", "Oh, that's a good one, and I'm really glad you asked.",
+    "Thanks so much for reaching out with this.", "What a fun thing to think about!",
+    "Sure, I'd be happy to help you with that.",
+    "Let me take a moment to think about this properly.",
+    "Ah, this is the kind of question that comes up more often than you might expect.",
+    "Okay, so let's see.", "First of all, thank you for the question.",
+    "That's a really interesting thing to ask about.",
+]
+CP_RAMBLE_MIDDLE = {
+    "arithmetic": ["Numbers can be surprisingly tricky, so it's worth going slowly.",
+                   "I like to work these out step by step, just to be safe.",
+                   "Mental maths gets easier with practice, so don't worry if it feels hard."],
+    "word_problem": ["Word problems are all about reading carefully and picking out the numbers.",
+                     "It helps to picture the situation before doing any sums.",
+                     "Everyday sums like this come up all the time, at home and at work."],
+    "conversion": ["Units can be confusing, especially when different countries use different "
+                   "systems.", "It's always a good idea to double-check conversions like this.",
+                   "Converting between units is mostly a matter of remembering the right "
+                   "factor."],
+    "weekday": ["The days of the week go round in a cycle, which is handy to remember.",
+                "It's easy to lose track of the days, especially around holidays.",
+                "Counting days on your fingers works, but it's easy to slip by a day."],
+    "month": ["The months can be hard to keep straight, and lots of people use a rhyme for "
+              "them.", "Calendars have a long and surprisingly complicated history.",
+              "It's easy to mix the months up when you're in a hurry."],
+    "spelling": ["English spelling is famously inconsistent, so you're not alone in asking.",
+                 "Lots of people trip over this word, even very good writers.",
+                 "Spelling checkers help, but it's nice to know the answer yourself."],
+    "letters": ["Counting letters sounds easy, but long words make it surprisingly fiddly.",
+                "It's worth going through the word slowly, letter by letter.",
+                "Words with doubled letters are where people usually slip up."],
+    "fact": ["This is one of those things many of us learned at school and then forgot.",
+             "It's a classic bit of general knowledge that comes up in quizzes.",
+             "People often mix this up, so it's a fair thing to check."],
+}
+CP_RAMBLE_LEAD = ["So, to answer your question:", "Putting all of that together:",
+                  "If I've got this right:", "After thinking it through:",
+                  "Anyway, getting to the point:", "Here's what I would say:"]
+CP_RAMBLE_CLOSE = [
+    "I hope that helps!", "Let me know if you'd like me to explain any of that in more detail.",
+    "Feel free to ask if anything is unclear.",
+    "Happy to help with anything else you might be wondering about!",
+    "Of course, it never hurts to double-check with another source.",
+    "I hope this clears things up for you.",
+]
+CP_EVASIVE_LONG = [
+    "It's hard to give a definite answer without knowing a bit more about why you're asking.",
+    "I'd suggest checking a reliable reference, since I wouldn't want to mislead you.",
+    "There are a few different ways to think about this, and it really depends on your "
+    "situation.", "I'd rather not commit to a specific answer here.",
+    "Honestly, it might be best to work it out yourself with a calculator or a calendar.",
+    "Different sources might put it in different ways, so I'll leave that with you.",
+    "This is the sort of thing that's worth looking up properly rather than taking my word "
+    "for it.",
+]
+CP_EVASIVE_SHORT = ["Hard to say.", "Not sure.", "It depends.", "No idea.", "Who knows?",
+                    "Can't say.", "Look it up.", "Why ask me?"]
+
+
+def _cp_fmt(n: int) -> str:
+    return f"{n:,}"
+
+
+def _cp_wrong_number(rng: random.Random, x: int) -> int:
+    while True:
+        w = x + rng.choice([-10, -2, -1, 1, 2, 10])
+        if w > 0 and w != x:
+            return w
+
+
+def _cp_arithmetic(rng: random.Random) -> dict:
+    kind = rng.choice(["add", "sub", "mul", "div", "pct", "half", "double"])
+    if kind == "add":
+        a, b = rng.randint(11, 99), rng.randint(11, 99)
+        x = a + b
+        prompt = rng.choice(["What's {a} + {b}?", "How much is {a} plus {b}?",
+                             "Can you add up {a} and {b} for me?", "{a} + {b} = ?"])
+        say = f"{a} + {b} = {{x}}."
+    elif kind == "sub":
+        a = rng.randint(30, 99)
+        b = rng.randint(3, a - 10)
+        x = a - b
+        prompt = rng.choice(["What's {a} - {b}?", "How much is {a} take away {b}?",
+                             "What do I get if I take {b} away from {a}?", "{a} - {b} = ?"])
+        say = f"{a} - {b} = {{x}}."
+    elif kind == "mul":
+        a, b = rng.randint(3, 15), rng.randint(3, 12)
+        x = a * b
+        prompt = rng.choice(["How much is {a} times {b}?", "What's {a} multiplied by {b}?",
+                             "What do you get when you multiply {a} by {b}?"])
+        say = f"{a} times {b} is {{x}}."
+    elif kind == "div":
+        b, x = rng.randint(2, 12), rng.randint(3, 15)
+        a = b * x
+        prompt = rng.choice(["What's {a} divided by {b}?", "How much is {a} divided by {b}?",
+                             "What do you get if you divide {a} by {b}?"])
+        say = f"{a} divided by {b} is {{x}}."
+    elif kind == "pct":
+        a = rng.choice([10, 20, 25, 50, 75])
+        b = rng.randint(2, 40) * (20 if a in (25, 75) else 10)
+        x = a * b // 100
+        prompt = rng.choice(["What is {a}% of {b}?", "How much is {a} percent of {b}?"])
+        say = f"{a}% of {b} is {{x}}."
+    elif kind == "half":
+        a = b = 2 * rng.randint(12, 250)
+        x = a // 2
+        prompt = rng.choice(["What is half of {a}?", "How much is half of {a}?"])
+        say = f"Half of {a} is {{x}}."
+    else:
+        a = b = rng.randint(13, 499)
+        x = 2 * a
+        prompt = rng.choice(["What's double {a}?", "What is {a} doubled?"])
+        say = f"Double {a} is {{x}}."
+    return {"prompt": prompt.format(a=a, b=b), "answer": _cp_fmt(x),
+            "wrong": _cp_fmt(_cp_wrong_number(rng, x)), "say": say}
+
+
+def _cp_clock(minutes: int) -> str:
+    minutes %= 24 * 60
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _cp_word_problem(rng: random.Random) -> dict:
+    kind = rng.choice(["eggs", "pages", "bus", "tickets", "biscuits", "film", "train", "age",
+                       "flour", "savings"])
+    if kind == "eggs":
+        a, b = rng.choice([6, 10, 12, 15, 18, 20, 24, 30]), rng.randint(2, 12)
+        x = a * b
+        prompt = f"A box holds {a} eggs. How many eggs are in {b} boxes?"
+        say = f"{b} boxes hold {{x}} eggs."
+    elif kind == "pages":
+        a, b = rng.randint(5, 40), rng.randint(3, 14)
+        x = a * b
+        prompt = f"I read {a} pages a day. How many pages will I have read after {b} days?"
+        say = f"After {b} days you will have read {{x}} pages."
+    elif kind == "bus":
+        a, b = rng.choice([5, 10, 12, 15, 20, 30]), rng.randint(2, 6)
+        x = 60 * b // a
+        prompt = f"A bus comes every {a} minutes. How many buses come in {b} hours?"
+        say = f"{{x}} buses come in {b} hours."
+    elif kind == "tickets":
+        a, b = rng.randint(3, 25), rng.randint(2, 9)
+        x = a * b
+        cur = rng.choice(["£", "$", "€"])
+        prompt = f"Tickets cost {cur}{a} each. How much do {b} tickets cost?"
+        say = f"{b} tickets cost {cur}{{x}}."
+        return {"prompt": prompt, "answer": _cp_fmt(x), "wrong": _cp_fmt(x + a), "say": say}
+    elif kind == "biscuits":
+        a = rng.randint(12, 40)
+        b = rng.randint(2, a - 5)
+        x = a - b
+        thing = rng.choice(["biscuits", "sweets", "grapes", "crackers", "cherries"])
+        prompt = f"I have {a} {thing} and eat {b}. How many are left?"
+        say = f"You have {{x}} {thing} left."
+    elif kind == "film":
+        start = rng.randint(10 * 12, 21 * 12) * 5
+        dur = rng.randint(17, 38) * 5
+        x_s = _cp_clock(start + dur)
+        prompt = (f"A film starts at {_cp_clock(start)} and runs for {dur} minutes. "
+                  f"What time does it end?")
+        wrong = _cp_clock(start + dur + rng.choice([-60, -10, 10, 60]))
+        return {"prompt": prompt, "answer": x_s, "wrong": wrong, "say": "It ends at {x}."}
+    elif kind == "train":
+        start = rng.randint(6 * 12, 20 * 12) * 5
+        x = rng.randint(5, 40) * 5
+        prompt = (f"A train leaves at {_cp_clock(start)} and arrives at {_cp_clock(start + x)}. "
+                  f"How many minutes is the journey?")
+        say = "The journey takes {x} minutes."
+        return {"prompt": prompt, "answer": str(x), "wrong": str(x + rng.choice([-10, 10, 20])),
+                "say": say}
+    elif kind == "age":
+        name = rng.choice(CP_NAMES)
+        a, b = rng.randint(4, 60), rng.randint(2, 25)
+        x = a + b
+        prompt = f"{name} is {a} years old. How old will {name} be in {b} years?"
+        say = f"{name} will be {{x}}."
+    elif kind == "flour":
+        a, b = rng.choice([150, 200, 225, 250, 300, 350]), rng.randint(2, 6)
+        x = a * b
+        prompt = f"One cake needs {a} grams of flour. How much flour do {b} cakes need?"
+        say = f"{b} cakes need {{x}} grams of flour."
+    else:
+        a, b = rng.randint(3, 30), rng.randint(3, 12)
+        x = a * b
+        cur = rng.choice(["£", "$", "€"])
+        prompt = f"If I save {cur}{a} a week, how much will I have saved after {b} weeks?"
+        say = f"After {b} weeks you will have saved {cur}{{x}}."
+        return {"prompt": prompt, "answer": _cp_fmt(x), "wrong": _cp_fmt(x - a), "say": say}
+    return {"prompt": prompt, "answer": _cp_fmt(x), "wrong": _cp_fmt(_cp_wrong_number(rng, x)),
+            "say": say}
+
+
+def _cp_conversion(rng: random.Random) -> dict:
+    r = rng.random()
+    if r < 0.2:
+        c = rng.choice(range(-20, 45, 5))
+        f = c * 9 // 5 + 32
+        prompt = rng.choice(["What is {c} °C in Fahrenheit?", "{c} degrees Celsius is how many "
+                             "degrees Fahrenheit?", "Convert {c} °C to Fahrenheit."])
+        wrong = rng.choice([f + 2, f - 2, f + 10]) if c * 2 + 30 == f else c * 2 + 30
+        return {"prompt": prompt.format(c=c), "answer": str(f), "wrong": str(wrong),
+                "say": f"{c} °C is {{x}} °F."}
+    src, dst, factor, lo, hi = rng.choice(CP_UNITS)
+    n = rng.randint(lo, hi)
+    if r < 0.75:
+        x = n * factor
+        prompt = rng.choice(CP_UNIT_PHRASINGS).format(n=n, src=src, dst=dst)
+        say = f"{n} {src} is {{x}} {dst}."
+        wrong = n * factor + rng.choice([-factor, factor]) if n > 2 else (n + 1) * factor
+    else:
+        x, m = n, _cp_fmt(n * factor)
+        prompt = rng.choice(CP_UNIT_BACK_PHRASINGS).format(m=m, src=src, dst=dst)
+        say = f"{m} {dst} is {{x}} {src}."
+        wrong = n + rng.choice([-1, 1])
+    return {"prompt": prompt, "answer": _cp_fmt(x), "wrong": _cp_fmt(wrong), "say": say}
+
+
+def _cp_weekday(rng: random.Random) -> dict:
+    d = rng.randrange(7)
+    n = rng.randint(2, 40)
+    kind = rng.choice(["after", "after", "ago", "ago", "tomorrow", "today", "next"])
+    if kind == "after":
+        x = (d + n) % 7
+        prompt = rng.choice([
+            "If today is {d}, what day will it be in {n} days?",
+            "In {n} days, what day of the week will it be if today is {d}?",
+            "It's {d} today. What day is it {n} days from now?",
+            "What day of the week is {n} days after a {d}?",
+        ])
+        say = f"In {n} days it will be {{x}}."
+    elif kind == "ago":
+        x = (d - n) % 7
+        prompt = rng.choice([
+            "If today is {d}, what day was it {n} days ago?",
+            "{n} days ago, what day was it, if today is {d}?",
+            "It's {d} today. What day was it {n} days ago?",
+            "What day of the week is {n} days before a {d}?",
+        ])
+        say = f"{n} days ago it was {{x}}."
+    elif kind == "tomorrow":
+        x = (d + 2) % 7
+        prompt = "If yesterday was {d}, what day is tomorrow?"
+        say = "Tomorrow is {x}."
+    elif kind == "today":
+        x = (d - 2) % 7
+        prompt = "If the day after tomorrow is {d}, what day is it today?"
+        say = "Today is {x}."
+    else:
+        x = (d + 1) % 7
+        prompt = rng.choice(["Which day comes right after {d}?", "What day follows {d}?"])
+        say = f"{{x}} comes after {CP_DAYS[d]}."
+    # never the day in the prompt itself ("Tuesday comes after Tuesday")
+    wrong = (x + 1) % 7 if kind == "next" else (x + rng.choice([-1, 1])) % 7
+    return {"prompt": prompt.format(d=CP_DAYS[d], n=n), "answer": CP_DAYS[x],
+            "wrong": CP_DAYS[wrong], "say": say}
+
+
+def _cp_month(rng: random.Random) -> dict:
+    kind = rng.choice(["days", "after", "before", "later", "ordinal"])
+    m = rng.randrange(12)
+    if kind == "days":
+        name = rng.choice(sorted(CP_MONTH_DAYS))
+        x = CP_MONTH_DAYS[name]
+        prompt = rng.choice(["How many days does {m} have?", "How many days are there in {m}?"])
+        return {"prompt": prompt.format(m=name), "answer": str(x), "wrong": str(61 - x),
+                "say": f"{name} has {{x}} days."}
+    if kind == "ordinal":
+        prompt = f"Which month is the {CP_ORDINALS[m]} month of the year?"
+        x, say = m, f"The {CP_ORDINALS[m]} month is {{x}}."
+    elif kind == "after":
+        prompt = f"Which month comes after {CP_MONTHS[m]}?"
+        x, say = (m + 1) % 12, f"{{x}} comes after {CP_MONTHS[m]}."
+    elif kind == "before":
+        prompt = f"Which month comes before {CP_MONTHS[m]}?"
+        x, say = (m - 1) % 12, f"{{x}} comes before {CP_MONTHS[m]}."
+    else:
+        n = rng.randint(2, 11)
+        prompt = f"What month is it {n} months after {CP_MONTHS[m]}?"
+        x, say = (m + n) % 12, f"{n} months after {CP_MONTHS[m]} it is {{x}}."
+    # never the month in the prompt itself ("January comes after January")
+    step = {"after": 1, "before": -1}.get(kind) or rng.choice([-1, 1])
+    wrong = (x + step) % 12
+    return {"prompt": prompt, "answer": CP_MONTHS[x], "wrong": CP_MONTHS[wrong], "say": say}
+
+
+def _cp_spelling(rng: random.Random, word: str, miss: str) -> dict:
+    a, b = (word, miss) if rng.random() < 0.5 else (miss, word)
+    prompt = rng.choice(CP_SPELLING_PHRASINGS).format(a=a, b=b)
+    return {"prompt": prompt, "answer": word, "wrong": miss,
+            "say": "The correct spelling is '{x}'."}
+
+
+def _cp_letters(rng: random.Random, word: str) -> dict:
+    kind = rng.choice(["length", "vowels", "letter"])
+    if kind == "length":
+        x = len(word)
+        prompt = rng.choice(CP_LETTER_PHRASINGS).format(w=word)
+        say = f"The word '{word}' has {{x}} letters."
+    elif kind == "vowels":
+        x = sum(c in "aeiou" for c in word)
+        prompt = f"How many vowels are in '{word}'?"
+        say = f"The word '{word}' has {{x}} vowels."
+    else:
+        counts = collections.Counter(word)
+        letter = rng.choice(sorted(c for c, k in counts.items() if k == max(counts.values())))
+        x = counts[letter]
+        prompt = f"How many times does the letter '{letter}' appear in '{word}'?"
+        say = f"The letter '{letter}' appears {{x}} times in '{word}'."
+        if x == 1:
+            say = f"The letter '{letter}' appears {{x}} time in '{word}'."
+    wrong = x + rng.choice([-1, 1]) if x > 1 else x + 1
+    return {"prompt": prompt, "answer": str(x), "wrong": str(wrong), "say": say}
+
+
+def _cp_questions(rng: random.Random) -> list[dict]:
+    """Candidate questions of every family: many random draws for the computed families, each
+    spelling pair, letter word and fact once, in random order."""
+    out: list[dict] = []
+    makers = {
+        "arithmetic": _cp_arithmetic, "word_problem": _cp_word_problem,
+        "conversion": _cp_conversion, "weekday": _cp_weekday, "month": _cp_month,
+    }
+    for family, maker in makers.items():
+        for _ in range(CP_FAMILY_QUOTA[family] * 30):
+            out.append(dict(maker(rng), family=family))
+    for word, miss in rng.sample(CP_SPELLINGS, len(CP_SPELLINGS)):
+        out.append(dict(_cp_spelling(rng, word, miss), family="spelling"))
+    for word in rng.sample(CP_WORDS, len(CP_WORDS)):
+        out.append(dict(_cp_letters(rng, word), family="letters"))
+    for prompt, answer, wrong, say in rng.sample(CP_FACTS, len(CP_FACTS)):
+        out.append({"prompt": prompt, "answer": answer, "wrong": wrong, "say": say,
+                    "family": "fact"})
+    return out
+
+
+def _cp_mentions(text: str, value: str) -> bool:
+    """Whether ``value`` occurs in ``text`` as a whole word (case-insensitive)."""
+    return re.search(r"(?<!\w)" + re.escape(value.lower()) + r"(?!\w)", text.lower()) is not None
+
+
+def _cp_with_lead(rng: random.Random, prompt: str) -> str:
+    """Sometimes put a short lead-in ("Quick question: ") before the prompt."""
+    lead = rng.choice(CP_PROMPT_LEADS)
+    if not lead or ":" in prompt:
+        return prompt
+    first = prompt.split()[0].strip("',?")
+    if first in CP_DAYS or first in CP_MONTHS or first in CP_NAMES or not first[:1].isalpha():
+        return lead + prompt
+    return lead + prompt[:1].lower() + prompt[1:]
+
+
+def _cp_terse(value: str) -> str:
+    return cap_first(value) + "."
+
+
+def _cp_padded(rng: random.Random, family: str, core: str | None) -> str:
+    """Filler sentences around ``core`` (None: a deflection that answers nothing)."""
+    parts = [rng.choice(CP_RAMBLE_OPEN)]
+    parts += rng.sample(CP_RAMBLE_MIDDLE[family], rng.choice([1, 1, 2]))
+    if core is None:
+        parts += rng.sample(CP_EVASIVE_LONG, rng.choice([1, 2]))
+    else:
+        parts += [rng.choice(CP_RAMBLE_LEAD), core]
+    parts.append(rng.choice(CP_RAMBLE_CLOSE))
+    return " ".join(parts)
+
+
+def _cp_pair(rng: random.Random, q: dict, pair_type: str, chosen_longer: bool) -> dict | None:
+    """One preference row for question ``q``, or None when this draw breaks a rule."""
+    fact = q["say"].format(x=q["answer"])
+    wrong_fact = q["say"].format(x=q["wrong"])
+    terse = _cp_terse(q["answer"])
+    if pair_type == "concise_vs_rambling":
+        chosen = rng.choice([terse, fact])
+        rejected = _cp_padded(rng, q["family"], fact)
+    elif chosen_longer:
+        chosen = fact
+        if pair_type == "correct_vs_wrong":
+            rejected = _cp_terse(q["wrong"])
+        else:
+            short = [e for e in CP_EVASIVE_SHORT if len(e) < len(fact)]
+            if not short:
+                return None
+            rejected = rng.choice(short)
+    else:
+        chosen = rng.choice([terse, fact])
+        rejected = _cp_padded(rng, q["family"],
+                              wrong_fact if pair_type == "correct_vs_wrong" else None)
+    if (len(chosen) > len(rejected)) != chosen_longer or len(chosen) == len(rejected):
+        return None
+    if not _cp_mentions(chosen, q["answer"]):
+        return None
+    if _cp_mentions(rejected, q["answer"]) != (pair_type == "concise_vs_rambling"):
+        return None
+    if pair_type == "correct_vs_wrong" and not _cp_mentions(rejected, q["wrong"]):
+        return None
+    return {"answer": q["answer"], "chosen": chosen, "pair_type": pair_type,
+            "prompt": _cp_with_lead(rng, q["prompt"]), "rejected": rejected}
+
+
+def build_concise_preference(rng: random.Random, avoid: list[str]) -> list[dict]:
+    """Family quotas and pair types are fixed (CP_FAMILY_QUOTA, CP_PAIR_PLAN); a prompt that is
+    an exact or near duplicate of a kept prompt, or of any text in ``avoid`` (the held-out probe
+    questions and the replay instructions), is skipped."""
+    plan = [(t, longer) for t, longer, k in CP_PAIR_PLAN for _ in range(k)]
+    assert len(plan) == CP_N == sum(CP_FAMILY_QUOTA.values())
+    rng.shuffle(plan)
+    others = NearDuplicateGuard()
+    for text in avoid:
+        others.add(text)
+    guard = NearDuplicateGuard()
+    by_family: dict[str, list[dict]] = {}
+    for q in _cp_questions(rng):
+        by_family.setdefault(q["family"], []).append(q)
+    families = [f for f, k in CP_FAMILY_QUOTA.items() for _ in range(k)]
+    rng.shuffle(families)
+    rows = []
+    for (pair_type, longer), family in zip(plan, families):
+        pool = by_family[family]
+        while True:
+            if not pool:
+                raise RuntimeError(f"not enough distinct {family} questions")
+            q = pool.pop()
+            row = None
+            for _ in range(20):
+                row = _cp_pair(rng, q, pair_type, longer)
+                if row is not None:
+                    break
+            if row is None or others.clashes(row["prompt"]) or not guard.admit(row["prompt"]):
+                continue
+            rows.append(row)
+            break
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# 9. support_chats (multi-turn support conversations, OpenAI messages and ShareGPT formats)
+# --------------------------------------------------------------------------------------------
+
+# Each scenario is a short script for one topic (the five ticket_routing labels):
+#   u1      the customer's first message, which names a reference (order number, invoice,
+#           error code, serial number, e-mail address or username)
+#   a1      the first reply; it always starts "Topic: <topic>." and asks one question
+#   replies (u2, a2) pairs: the customer's answer and the reply that resolves the ticket; a2
+#           reuses the reference from u1 (which u2 does not repeat), so the history matters
+#   extras  (u, a) follow-up pairs; the conversation may add one or two (3 or 4 user turns)
+#   ref     how later replies name the reference (used by the closing reply)
+# Templates use the [a|b] and {slot} syntax of ticket_routing (_tr_expand); slots come from
+# _tr_slots plus the few below (_sc_slots). Every text here was written for these chats; the
+# build rejects any user turn that is an exact or near duplicate of a ticket_routing message.
+
+SC_SHOP = "Brambleway"
+SC_SYSTEM = [
+    f"You are the customer support assistant for {SC_SHOP}, an online shop. Start your first "
+    "reply with the ticket topic (billing, shipping, technical, account or refund), then help "
+    "the customer in short, clear steps.",
+    f"You handle support chats for {SC_SHOP}. Begin by naming the topic: billing, shipping, "
+    "technical, account or refund. Keep answers short and refer back to the details the "
+    "customer gave.",
+    f"Support assistant for {SC_SHOP}. First line: 'Topic: <topic>.' Then resolve the ticket "
+    "politely and briefly.",
+    f"You are a helpful, concise support agent for the {SC_SHOP} online shop.",
+]
+SC_SYSTEM_SHARE = 0.4  # share of conversations that start with a system message
+SC_PER_TOPIC = 60
+# number of user turns: 2 (core only), 3 (one extra pair), 4 (one extra pair and a closing)
+SC_TURNS = [2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 4, 4, 4, 4, 4]
+
+SC_SCENARIOS = {
+    "billing": [
+        {
+            "ref": "order {order}",
+            "u1": "[Hi, |Hello, |]I [just noticed|can see] [two payments|a double charge] of "
+                  "{amount} for order #{order} on my [card|bank statement].[ Can you check?| "
+                  "What happened?|]",
+            "a1": "Topic: billing. [Sorry about that|Thanks for flagging this|I'm sorry for the "
+                  "trouble]. [To find the payments|So I can match the payments], could you tell "
+                  "me the last four digits of the card?",
+            "replies": [
+                ("[It's the card ending in {last4}.|The card ends in {last4}.|Ending {last4}.]",
+                 "Thanks. I can see both {amount} payments for order {order} on the card ending "
+                 "in {last4}. I've [cancelled|reversed] the second one, and it [will disappear|"
+                 "should drop off your statement] within {n_work} working days."),
+            ],
+            "extras": [
+                ("[Will I get|Can I have] [something|a confirmation] in writing?",
+                 "Yes. A confirmation for order {order} is on its way to the email address on "
+                 "your account."),
+                ("[Why did it happen|How did that happen] in the first place?",
+                 "The payment for order {order} was retried after a timeout, and both attempts "
+                 "went through. The retry has been fixed on our side."),
+            ],
+        },
+        {
+            "ref": "invoice {invoice}",
+            "u1": "Could you [add|put] [our|my company's] [VAT number|company details] [on|to] "
+                  "invoice {invoice}?[ Our accountant [needs|has asked for] it.| It's for my "
+                  "expenses claim.|]",
+            "a1": "Topic: billing. [Happy to help|Of course|Certainly]. [What should the invoice "
+                  "show exactly?|Please send the details exactly as they should appear.]",
+            "replies": [
+                ("[{company}, VAT number {vat}.|Company: {company}. VAT: {vat}.|It should say "
+                 "{company}, VAT {vat}.]",
+                 "Done. Invoice {invoice} now shows {company} and VAT number {vat}. [A new PDF "
+                 "is in the Billing section of your account.|I've emailed you the corrected "
+                 "PDF.]"),
+            ],
+            "extras": [
+                ("[Can you do the same for|What about] my [older|earlier] invoices?",
+                 "Yes. I've added the same details to every invoice before {invoice} as well; "
+                 "you'll find them under Billing."),
+                ("Will [future|new] invoices show it [automatically|too]?",
+                 "Yes, the company details from invoice {invoice} are now saved on your account, "
+                 "so every new invoice will show them."),
+            ],
+        },
+        {
+            "ref": "invoice {invoice}",
+            "u1": "My {plan} [plan|subscription] [is supposed to|should] cost {amount2}[ a month|"
+                  "], but invoice {invoice} [says|charges me] {amount}.",
+            "a1": "Topic: billing. [Let me look into it|I'll check that for you|Thanks, I'll "
+                  "check the price]. Did you [add any users|change anything on the plan] "
+                  "[recently|this month]?",
+            "replies": [
+                ("[No, nothing changed.|Not that I know of.|No, it's still just me.]",
+                 "Thanks. The amount on invoice {invoice} was wrong: your {plan} plan costs "
+                 "{amount2}. I've credited the difference, and your next invoice will be "
+                 "{amount2} again."),
+                ("[We added {name2} as a user {time}.|Yes, one new user {time}.]",
+                 "That explains part of it, but invoice {invoice} charged for the new user twice. "
+                 "I've credited one of those charges back to your account."),
+            ],
+            "extras": [
+                ("[When will I see the credit?|How long does the credit take?]",
+                 "It's already on your account, and it will be taken off the invoice after "
+                 "{invoice} automatically."),
+                ("[Can I get a corrected invoice?|Could you send a fixed invoice?]",
+                 "Yes. I've issued a corrected copy of {invoice} and emailed it to you."),
+            ],
+        },
+        {
+            "ref": "the card ending in {last4b}",
+            "u1": "[How do I|Can I] [switch|change] the card [for|on] my {plan} [plan|"
+                  "subscription]? [The old one, ending {last4b}, expires [this month|soon|at "
+                  "the end of {month}]|My card ending {last4b} was replaced [this month|{time}]].",
+            "a1": "Topic: billing. [You can do that under Settings, then Payment methods|Sure, "
+                  "I can help with that]. Would you like me to send you a secure link to add "
+                  "the new card?",
+            "replies": [
+                ("[Yes please.|Yes, send it over.|That would be great.]",
+                 "I've sent the link to your email. Once the new card is added, the card ending "
+                 "in {last4b} will be removed from your {plan} plan[, and your billing date stays "
+                 "the same|]."),
+            ],
+            "extras": [
+                ("[What if the next payment goes out before I add it?|Will I be charged on the "
+                 "old card in the meantime?]",
+                 "Nothing will be taken from the card ending in {last4b} while the link is open; "
+                 "we'll wait for the new card."),
+                ("[Does the link expire?|How long is the link valid?]",
+                 "It's valid for 24 hours. If it runs out, reply here and I'll send a new one."),
+            ],
+        },
+    ],
+    "shipping": [
+        {
+            "ref": "order {order}",
+            "u1": "[Where is|What's happening with] my order #{order}? It was [due|meant to "
+                  "arrive] {time} and [there's no sign of it|nothing has come].",
+            "a1": "Topic: shipping. [Sorry it's late|I'm sorry for the wait|Let me check that "
+                  "for you]. Could you confirm the delivery address on the order?",
+            "replies": [
+                ("[It's {house} {street}, {city}.|{house} {street} in {city}.|{house} {street}, "
+                 "{city}, same as always.]",
+                 "Thanks. Order {order} is [with the courier|at the {city} depot] and is now "
+                 "booked for delivery to {house} {street} {time_future}. The tracking number is "
+                 "{tracking}."),
+            ],
+            "extras": [
+                ("Can they leave it with a neighbour if I'm out?",
+                 "Yes, I've added a note to order {order} allowing delivery to a neighbour."),
+                ("[And if it doesn't turn up then?|What if it still doesn't come?]",
+                 "Reply in this chat and I'll send a replacement or a refund for order {order}, "
+                 "whichever you prefer."),
+            ],
+        },
+        {
+            "ref": "order {order}",
+            "u1": "I [just|] placed order #{order} [but|and] [used my old address|typed the "
+                  "wrong address]. Can I [change|fix] it?",
+            "a1": "Topic: shipping. [Yes, as long as it hasn't left the warehouse|Yes, it "
+                  "hasn't been dispatched yet, so there's time]. What's the new address?",
+            "replies": [
+                ("{house} {street}, {city}[, please|].",
+                 "Done. Order {order} will now go to {house} {street}, {city}. You'll get a new "
+                 "confirmation email [in a few minutes|shortly]."),
+            ],
+            "extras": [
+                ("Does that change the delivery date?",
+                 "No, order {order} is still due {time_future}."),
+                ("[Can you update my saved address too?|Please make that my default address as "
+                 "well.]",
+                 "Yes, {house} {street} is now the default address on your account."),
+            ],
+        },
+        {
+            "ref": "order {order}",
+            "u1": "Tracking says order #{order} was delivered {time}, but [I haven't got it|it "
+                  "isn't here|nothing arrived].",
+            "a1": "Topic: shipping. [I'm sorry, that's frustrating|Sorry about that]. Have you "
+                  "checked [with your neighbours|around the building|your usual safe place]?",
+            "replies": [
+                ("[Yes, no one has it.|I asked next door and they have nothing.|Yes, I've "
+                 "looked everywhere.]",
+                 "Thanks for checking. I've opened an investigation with the courier for order "
+                 "{order} (ticket {ticket}). If it isn't found within {n_work} working days, we'll "
+                 "send a replacement [at no cost|free of charge]."),
+            ],
+            "extras": [
+                ("[Do I need to do anything else?|Is there anything I should do meanwhile?]",
+                 "No. The courier may call you about order {order}; otherwise we'll update you "
+                 "by email."),
+                ("Could the replacement come by express?",
+                 "Yes, if order {order} isn't found, the replacement will go out by express "
+                 "delivery at no extra cost."),
+            ],
+        },
+        {
+            "ref": "order {order}",
+            "u1": "My parcel to {country} (order #{order}) has been [stuck|held] in customs "
+                  "[since {since}|for {n_days} days].",
+            "a1": "Topic: shipping. [Thanks for letting us know|Let me help with that]. Have you "
+                  "had a [letter|message] from customs asking for a fee or documents?",
+            "replies": [
+                ("[Yes, they want {small} in import fees.|Yes, a fee of {small}.]",
+                 "Thanks. Import fees on order {order} should have been prepaid, so don't pay "
+                 "the {small}. I've asked the courier to release the parcel and charge the fee "
+                 "to us."),
+                ("[No, nothing at all.|No, I haven't heard anything.]",
+                 "Thanks. I've sent the customs invoice for order {order} to the courier so they "
+                 "can release it. You should hear from them within {n_work} working days."),
+            ],
+            "extras": [
+                ("[Will this happen every time I order?|Is this going to happen again?]",
+                 "It shouldn't. The paperwork for order {order} was missing a tariff code, which "
+                 "we've now added for all shipments to {country}."),
+            ],
+        },
+    ],
+    "technical": [
+        {
+            "ref": "error {code}",
+            "u1": "{app} [crashes|closes] with error {code} [when I open|every time I go to] the "
+                  "{screen} [screen|page].",
+            "a1": "Topic: technical. [Sorry about that|Thanks for the details|Let's get that "
+                  "fixed]. Which version of the app [are you on|do you have]? [You'll find it "
+                  "under Settings, then About.|It's shown in Settings under About.]",
+            "replies": [
+                ("[Version {version}.|It says {version}.|{version}, I think.]",
+                 "Thanks. Error {code} in version {version} is a known [bug|issue] on the "
+                 "{screen} screen. [Please update to the latest version|Updating to the newest "
+                 "release fixes it]; if it still happens, clear the app's cache and sign in "
+                 "again."),
+            ],
+            "extras": [
+                ("[I updated and it still crashes.|Updating didn't help.]",
+                 "Thanks for trying. I've passed error {code} to our developers with your "
+                 "account details; we'll email you when the fix is out."),
+                ("[Will I lose any data?|Is my data safe?]",
+                 "No. Error {code} only affects the {screen} screen; your data is stored on our "
+                 "servers and isn't touched."),
+            ],
+        },
+        {
+            "ref": "order {order}",
+            "u1": "The {device} I bought (order #{order}) won't connect to my Wi-Fi[ since I set "
+                  "it up| after I changed my router|].",
+            "a1": "Topic: technical. [Let's sort that out|I can help with that]. Is your network "
+                  "on 2.4 GHz or 5 GHz?",
+            "replies": [
+                ("[I'm not sure.|5 GHz, I think.|It's a mix of both.]",
+                 "The {device} from order {order} only connects to 2.4 GHz. [In your router "
+                 "settings, turn on the 2.4 GHz band|Switch on the 2.4 GHz band on your router], "
+                 "then hold the reset button for ten seconds and set it up again."),
+            ],
+            "extras": [
+                ("[That worked, thanks!|It's connected now.]",
+                 "Great. The {device} from order {order} will now update itself overnight, so "
+                 "you don't need to do anything else."),
+                ("[It still won't connect.|No luck, same problem.]",
+                 "Thanks for trying. The {device} from order {order} may be faulty, so I've "
+                 "arranged a free replacement; you'll get a return label by email."),
+            ],
+        },
+        {
+            "ref": "serial number {serial}",
+            "u1": "The update on my {device} has been stuck at {pct}% for {n_hours} hours. [The "
+                  "serial number is|Serial:] {serial}.",
+            "a1": "Topic: technical. [Sorry it's stuck|That shouldn't take so long]. Is the "
+                  "{device} still plugged in and showing a light?",
+            "replies": [
+                ("[Yes, a blue light.|It's plugged in and the light is orange.|Yes, it's on the "
+                 "charger.]",
+                 "Thanks. I've restarted the update for serial number {serial} from our side. "
+                 "Unplug the {device} for thirty seconds, plug it back in, and it should finish "
+                 "within twenty minutes."),
+            ],
+            "extras": [
+                ("[Should I do anything if it gets stuck again?|What if it freezes again?]",
+                 "Reply here and quote serial number {serial}; we can push the update again or "
+                 "replace the unit."),
+                ("[Can I use it while it updates?|Is it safe to use in the meantime?]",
+                 "Yes, but keep it plugged in until the update for {serial} finishes."),
+            ],
+        },
+        {
+            "ref": "{email}",
+            "u1": "[Photos|Files|Notes] I add on my {phone} [don't show up|no longer appear] in "
+                  "{app}[ since {since}|]. My account email is {email}.",
+            "a1": "Topic: technical. [Let's take a look|Thanks for the details]. Are both "
+                  "devices [using|on] the same Wi-Fi [network|] right now?",
+            "replies": [
+                ("[Yes, they are.|Yes, same network.|The phone is on mobile data.]",
+                 "Thanks. Syncing for {email} was paused on our side after a failed update. "
+                 "I've turned it back on, so everything should appear within [an hour|a few "
+                 "minutes]."),
+            ],
+            "extras": [
+                ("[Will the old ones come back too?|What about the ones I added last week?]",
+                 "Yes, everything saved under {email} since the pause will sync once the "
+                 "backlog clears."),
+                ("[Do I need to update the app?|Should I reinstall anything?]",
+                 "No need. The fix for {email} was on our servers; the app you have is fine."),
+            ],
+        },
+    ],
+    "account": [
+        {
+            "ref": "{email}",
+            "u1": "I [asked for|requested] a password reset for {email} [twice|three times|"
+                  "{n_times}] but no email [has arrived|came through].",
+            "a1": "Topic: account. [Sorry about that|Let's get you back in]. Have you checked "
+                  "your [spam folder|spam or junk folder]?",
+            "replies": [
+                ("[Yes, it's not there.|Yes, nothing in spam either.|I've checked, nothing.]",
+                 "Thanks. Emails to {email} were being blocked after a bounce. I've cleared the "
+                 "block and sent a new reset link; it's valid for 30 minutes."),
+            ],
+            "extras": [
+                ("[Got it, I'm back in.|That worked, I've reset it.]",
+                 "Good to hear. Emails to {email} will keep arriving normally from now on."),
+                ("[Could you also turn on two-factor sign-in?|Can I add extra security?]",
+                 "You can turn on two-factor sign-in under Security; the codes will go to "
+                 "{email} or to an authenticator app."),
+            ],
+        },
+        {
+            "ref": "{email2}",
+            "u1": "Please change the email on my account from {email} to {email2}.",
+            "a1": "Topic: account. [Sure|Happy to help]. For security, could you confirm the "
+                  "date of birth on the account?",
+            "replies": [
+                ("{date} {birth_year}.",
+                 "Thanks, that matches. Your sign-in email is now {email2}, and a confirmation "
+                 "has gone to {email} as well."),
+            ],
+            "extras": [
+                ("Will my order history stay?",
+                 "Yes, all your orders stay on the account; only the sign-in changes to "
+                 "{email2}."),
+                ("[Do I need a new password?|Does my password change?]",
+                 "No, your password stays the same; just sign in with {email2} from now on."),
+            ],
+        },
+        {
+            "ref": "{user}",
+            "u1": "My account {user} is locked after [too many|a few wrong] password attempts[ "
+                  "this morning| {time}|].",
+            "a1": "Topic: account. [I can help with that|No problem]. [To unlock it|Before I "
+                  "unlock it], can you tell me the last four digits of the card on file?",
+            "replies": [
+                ("[{last4}.|It ends in {last4}.|The card ends {last4}.]",
+                 "Thanks. I've unlocked {user}. You can sign in now; [please choose a new "
+                 "password|we recommend turning on two-factor sign-in] [when you do|to keep it "
+                 "safe]."),
+            ],
+            "extras": [
+                ("[Was someone trying to get in?|Could someone have tried to break in?]",
+                 "The failed attempts on {user} all came from your usual device, so it looks "
+                 "like mistyped passwords rather than anyone else."),
+                ("[How do I stop this happening again?|Can this be avoided next time?]",
+                 "A password manager helps. You can also turn on two-factor sign-in for {user} "
+                 "under Security."),
+            ],
+        },
+        {
+            "ref": "{email}",
+            "u1": "I'd like to [close|delete] my account ({email})[ and remove my data| for "
+                  "good|].",
+            "a1": "Topic: account. [Sorry to see you go|I can arrange that]. Would you like a "
+                  "copy of your order history before it's deleted?",
+            "replies": [
+                ("[No thanks.|No, that's fine.]",
+                 "All right. I've scheduled the deletion of {email}; it takes effect in 14 days, "
+                 "and you can cancel it until then by signing in."),
+                ("[Yes please.|Yes, as a PDF if possible.]",
+                 "I've emailed your order history to {email} as a PDF. The account is scheduled "
+                 "for deletion in 14 days."),
+            ],
+            "extras": [
+                ("[Will you keep anything?|Do you keep any of my data?]",
+                 "Only invoices for {email}, which we must keep for tax reasons; everything else "
+                 "is erased."),
+            ],
+        },
+    ],
+    "refund": [
+        {
+            "ref": "order {order}",
+            "u1": "I sent back the {product} from order #{order} {time}, but the refund [hasn't "
+                  "arrived|still isn't showing].",
+            "a1": "Topic: refund. [Sorry for the wait|Let me check]. Do you have the return "
+                  "tracking number?",
+            "replies": [
+                ("[Yes, it's {tracking}.|{tracking}.|Here it is: {tracking}.]",
+                 "Thanks. The return for order {order} reached our warehouse, and I've released "
+                 "the refund of {amount}; it should be on your card within {n_work} working "
+                 "days."),
+            ],
+            "extras": [
+                ("[Will I get an email?|Do I get a confirmation?]",
+                 "Yes, a refund confirmation for order {order} is on its way to you."),
+                ("[Why did it take so long?|What held it up?]",
+                 "The return for order {order} was scanned at the wrong depot, which delayed it. "
+                 "Sorry about that."),
+            ],
+        },
+        {
+            "ref": "order {order}",
+            "u1": "The {product} from order #{order} arrived [broken|cracked|damaged] and I'd "
+                  "like [my money back|a refund], not a replacement.",
+            "a1": "Topic: refund. [I'm sorry it arrived like that|Sorry about that]. Could you "
+                  "send a photo of the damage?",
+            "replies": [
+                ("[Sure, I've attached one.|Photo attached.|Here it is.]",
+                 "Thanks, that's clear. I've refunded {amount} for order {order} to your "
+                 "original payment method. There's no need to send the {product} back."),
+            ],
+            "extras": [
+                ("[What should I do with it?|How do I get rid of it?]",
+                 "Please recycle it locally; you don't need to return anything from order "
+                 "{order}."),
+                ("[How long will the money take?|When will I see the refund?]",
+                 "The {amount} for order {order} should show within {n_work} working days."),
+            ],
+        },
+        {
+            "ref": "order {order}",
+            "u1": "I cancelled order #{order} [within an hour|the same day|{time}]. When do I get "
+                  "my {amount} back?",
+            "a1": "Topic: refund. [Let me check that for you|Thanks for your patience]. Did you "
+                  "pay by card or by PayPal?",
+            "replies": [
+                ("[By card.|Card.|With my debit card.]",
+                 "The {amount} for order {order} was refunded today. Card refunds take three to "
+                 "five working days to appear."),
+                ("[PayPal.|By PayPal.]",
+                 "The {amount} for order {order} was refunded to PayPal today; it usually "
+                 "appears within a day."),
+            ],
+            "extras": [
+                ("[Will the cancellation show anywhere?|Can I see that it's cancelled?]",
+                 "Yes, order {order} now shows as cancelled and refunded under Orders."),
+            ],
+        },
+        {
+            "ref": "order {order}",
+            "u1": "I bought a {product} for {amount} (order #{order}) and it's now on sale for "
+                  "{amount2}. Can I get the difference back?",
+            "a1": "Topic: refund. [Good news|Yes, we can help]: we refund price drops within 14 "
+                  "days. When did you place the order?",
+            "replies": [
+                ("[{time_order}.|I ordered it {time_order}.]",
+                 "Thanks. Order {order} is within 14 days, so I've refunded the difference "
+                 "between {amount} and {amount2} to your original payment method."),
+            ],
+            "extras": [
+                ("[Does that work for other orders too?|Can I do this again next time?]",
+                 "Yes, any order within 14 days qualifies, just like order {order}."),
+            ],
+        },
+    ],
+}
+
+# the last pair of a conversation with 4 user turns
+SC_CLOSING = (
+    "[Thanks, that's all.|Great, thank you.|Perfect, thanks for your help.|That's everything, "
+     "thanks.|Brilliant, cheers.]",
+     "You're welcome. [I've closed ticket {ticket}.|Ticket {ticket} is now closed.] [If anything "
+     "else comes up about {ref}, just reply here.|Have a good day.]",
+)
+
+
+def _sc_slots(rng: random.Random) -> dict[str, str]:
+    slots = _tr_slots(rng)
+    slots["order"] = str(rng.randint(100000, 9999999))
+    slots["code"] = f"E-{rng.randint(1000, 9999)}"
+    slots["serial"] = f"SN-{rng.randint(10**6, 10**7 - 1)}"
+    slots["n_work"] = rng.choice(["three", "four", "five", "seven", "ten"])
+    slots["time_order"] = rng.choice(["Yesterday", "Last week", "On Monday", "A few days ago",
+                                      "Earlier this week", "At the weekend", "Last Friday"])
+    slots["time_future"] = rng.choice(["tomorrow", f"on {slots['weekday']}", "this weekend",
+                                       "next week", "within two working days"])
+    while slots["email2"] == slots["email"]:
+        slots["email2"] = f"{slots['name'].lower()}{rng.randint(100, 999)}@example.com"
+    return slots
+
+
+def _sc_conversation(rng: random.Random, topic: str) -> list[dict]:
+    scenario = rng.choice(SC_SCENARIOS[topic])
+    slots = _sc_slots(rng)
+    turns = [(scenario["u1"], scenario["a1"]), rng.choice(scenario["replies"])]
+    n_users = rng.choice(SC_TURNS)
+    extras = rng.sample(scenario["extras"], 1) if n_users >= 3 else []
+    turns += extras
+    if n_users == 4:
+        slots["ref"] = scenario["ref"].format(**slots)
+        turns.append(SC_CLOSING)
+    messages = []
+    if rng.random() < SC_SYSTEM_SHARE:
+        messages.append({"content": rng.choice(SC_SYSTEM), "role": "system"})
+    for user, assistant in turns:
+        messages.append({"content": _tr_expand(rng, user, slots), "role": "user"})
+        messages.append({"content": _tr_expand(rng, assistant, slots), "role": "assistant"})
+    return messages
+
+
+def sc_user_text(messages: list[dict]) -> str:
+    """The concatenated user turns of a conversation (what the near-duplicate rule compares)."""
+    return " ".join(m["content"] for m in messages if m["role"] == "user")
+
+
+def sc_refs(text: str) -> set[str]:
+    """Reference-like tokens in a text: e-mail addresses and words of 4+ characters with a
+    digit (order and invoice numbers, amounts, error codes, serial numbers, usernames)."""
+    tokens = (t.rstrip(".-") for t in re.findall(r"[\w.+@-]+", text))
+    return {t for t in tokens if len(t) >= 4 and ("@" in t or any(c.isdigit() for c in t))}
+
+
+def sc_carried_refs(messages: list[dict]) -> set[str]:
+    """References from the first user turn that a later assistant turn repeats while no later
+    user turn does (so the reply needs the conversation's history)."""
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    assistants = [m["content"] for m in messages if m["role"] == "assistant"]
+    later_users = set().union(*(sc_refs(u) for u in users[1:]))
+    later_replies = set().union(*(sc_refs(a) for a in assistants[1:]))
+    return (sc_refs(users[0]) & later_replies) - later_users
+
+
+def build_support_chats(rng: random.Random, avoid: list[str]) -> list[dict]:
+    """Topics take turns; a conversation is drawn again when its concatenated user turns are an
+    exact or near duplicate of a kept conversation's, or when one of its user turns is an exact
+    or near duplicate of a text in ``avoid`` (the ticket_routing messages)."""
+    others = NearDuplicateGuard()
+    for text in avoid:
+        others.add(text)
+    guard = NearDuplicateGuard()
+    rows = []
+    for _ in range(SC_PER_TOPIC):
+        for topic in TICKET_LABELS:
+            for _ in range(1000):
+                messages = _sc_conversation(rng, topic)
+                users = [m["content"] for m in messages if m["role"] == "user"]
+                if not sc_carried_refs(messages):
+                    raise RuntimeError(f"no reference carried over: {messages}")
+                if any(others.clashes(u) for u in users):
+                    continue
+                if guard.admit(sc_user_text(messages)):
+                    break
+            else:
+                raise RuntimeError(f"cannot make enough distinct {topic} conversations")
+            rows.append({"messages": messages})
+    rng.shuffle(rows)
+    return rows
+
+
+SC_SHAREGPT_ROLE = {"system": "system", "user": "human", "assistant": "gpt"}
+
+
+def to_sharegpt(rows: list[dict]) -> list[dict]:
+    """The same conversations in ShareGPT form: conversations = [{from, value}]."""
+    return [{"conversations": [{"from": SC_SHAREGPT_ROLE[m["role"]], "value": m["content"]}
+                               for m in row["messages"]]} for row in rows]
+
+
+# --------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------
 
@@ -2576,6 +3762,7 @@ def build_all(out: Path) -> dict[str, Path]:
         ("word_opposites", 5, build_word_opposites),
         ("general_instructions", 6, build_general_instructions),
     ]
+    built: dict[str, list[dict]] = {}
     for name, offset, fn in builders:
         rows = fn(random.Random(SEED + offset))
         unique_rows(rows, INPUT_FIELD[name])
@@ -2584,10 +3771,30 @@ def build_all(out: Path) -> dict[str, Path]:
         rel = f"{name}/{name}.jsonl"
         write_jsonl(out / rel, rows)
         written[rel] = out / rel
+        built[name] = rows
     train, held = build_harbor_handbook(random.Random(SEED + 7))
     for rel, text in [("harbor_handbook/harbor_handbook.txt", train),
                       ("harbor_handbook/harbor_handbook_heldout.txt", held)]:
         write_text(out / rel, text)
+        written[rel] = out / rel
+
+    # Built after the others because they must not duplicate texts of earlier datasets.
+    name = "concise_preference"
+    avoid = [r["question"] for n in ("capitals", "word_opposites", "everyday_mc")
+             for r in built[n]] + [r["instruction"] for r in built["general_instructions"]]
+    rows = build_concise_preference(random.Random(SEED + 8), avoid)
+    unique_rows(rows, INPUT_FIELD[name])
+    check_no_near_duplicates([row["prompt"] for row in rows])
+    rel = f"{name}/{name}.jsonl"
+    write_jsonl(out / rel, rows)
+    written[rel] = out / rel
+
+    chats = build_support_chats(random.Random(SEED + 9),
+                                [r["message"] for r in built["ticket_routing"]])
+    check_no_near_duplicates([sc_user_text(row["messages"]) for row in chats])
+    for rel, rows in [("support_chats/support_chats.jsonl", chats),
+                      ("support_chats/support_chats_sharegpt.jsonl", to_sharegpt(chats))]:
+        write_jsonl(out / rel, rows)
         written[rel] = out / rel
     return written
 
