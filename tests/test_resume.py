@@ -19,7 +19,7 @@ from ftpipe.training.ludwig_compat import CHECKPOINT_RECORD, checkpoint_state, r
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "tests" / "fixtures" / "specs" / "tiny_lora.yaml"
-ARGS = ["--no-eval", "--set", "training.epochs=12", "--set", "training.checkpoints_per_epoch=1",
+ARGS = ["--no-eval", "--set", "training.epochs=3", "--set", "training.checkpoints_per_epoch=1",
         "--set", "training.evaluate_during_training=false"]
 
 

@@ -122,6 +122,10 @@ def evaluate_run(run_dir: Path, *, loaded: LoadedSpec, prepared: PreparedData, b
     curves = loss_curves(json.loads(stats_path.read_text())) if stats_path.exists() else {}
     report = build_report(spec, run_dir.name, comparisons, curves, prepared, fingerprints)
     report["quantized_base"] = quant is not None
+    if any(d.task.kind == "code" for d in prepared.eval_tasks()):
+        from ftpipe.evaluation.sandbox import isolation_layers, reads_guarded
+
+        report["sandbox"] = {"layers": list(isolation_layers()), "reads_guarded": reads_guarded()}
     write_json_atomic(run_dir / "metrics.json", {c["task"]: {k: c[k] for k in ("metric", "base", "tuned", "delta", "ci_low", "ci_high")}
                                                  for c in comparisons})
     write_report(run_dir, report)

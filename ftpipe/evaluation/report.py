@@ -72,6 +72,12 @@ def render_markdown(report: dict) -> str:
         out.append("QLoRA: `base` is the base model quantized exactly as in training, which is what the tuned adapter "
                    "runs on; forgetting is measured against it. `base (full precision)` is the unquantized base: the "
                    "difference between the two is the cost of quantization, shown separately and never counted as forgetting.")
+    sandbox = report.get("sandbox")
+    if sandbox:
+        out += ["", "Generated code ran in the sandbox with: " + ", ".join(sandbox["layers"]) + ". "
+                + ("Reads were confined (Landlock)." if sandbox["reads_guarded"] else
+                   "**Reads were not confined**: this kernel has no Landlock, so generated code could read any "
+                   "file the evaluator can.")]
     gates = report.get("gates") or {}
     if gates.get("promotion"):
         out += ["", f"**Promotion:** {gates['promotion']}"]
