@@ -16,42 +16,55 @@ def normalize_for_leakage(text: str) -> str:
     return " ".join(text.split())
 
 
-def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+def _ngrams(words: list[str], n: int) -> set[int]:
+    """A text's word n-grams, each as the hash of its words (an int: a tenth of a tuple's memory)."""
+    return {hash(tuple(words[i:i + n])) for i in range(len(words) - n + 1)}
 
 
 def find_leaks(train_texts: list[str], eval_texts: list[str], ngram: int = 8, threshold: float = 0.5) -> list[dict]:
     """Evaluated texts that also sit in training: exact (after normalisation) or near-duplicate.
 
     A near-duplicate shares at least `threshold` of its word n-grams with one single training text
-    (texts shorter than n words are compared exactly only).
+    (texts shorter than n words are compared exactly only). Only the n-grams of evaluated texts are
+    indexed, and each training text is intersected with that index once, so the check is linear in
+    the data and its memory is that of the (usually far smaller) evaluated side.
 
     Returns:
         One dict per leaked evaluated text: index, kind ('exact' or 'near'), overlap, and the training index.
     """
-    norm_train = [normalize_for_leakage(t) for t in train_texts]
-    exact = {t: i for i, t in enumerate(norm_train)}
-    index: dict[tuple[str, ...], list[int]] = {}
-    for i, t in enumerate(norm_train):
-        for g in _ngrams(t.split(), ngram):
-            index.setdefault(g, []).append(i)
-    leaks = []
-    for j, text in enumerate(eval_texts):
-        norm = normalize_for_leakage(text)
-        if norm in exact:
-            leaks.append({"index": j, "kind": "exact", "overlap": 1.0, "train_index": exact[norm]})
-            continue
-        grams = _ngrams(norm.split(), ngram)
-        if not grams:
-            continue
-        hits: dict[int, int] = {}
+    norm_eval = [normalize_for_leakage(t) for t in eval_texts]
+    eval_grams = [_ngrams(t.split(), ngram) for t in norm_eval]
+    by_gram: dict[int, list[int]] = {}
+    for j, grams in enumerate(eval_grams):
         for g in grams:
-            for i in set(index.get(g, ())):
-                hits[i] = hits.get(i, 0) + 1
-        if hits:
-            best, count = max(hits.items(), key=lambda kv: (kv[1], -kv[0]))
-            if count / len(grams) >= threshold:
-                leaks.append({"index": j, "kind": "near", "overlap": round(count / len(grams), 3), "train_index": best})
+            by_gram.setdefault(g, []).append(j)
+    wanted = set(by_gram)
+    exact_eval: dict[str, list[int]] = {}
+    for j, t in enumerate(norm_eval):
+        exact_eval.setdefault(t, []).append(j)
+    exact: dict[int, int] = {}  # evaluated index -> first training index equal to it
+    hits: dict[int, dict[int, int]] = {}  # evaluated index -> {training index: shared n-grams}
+    seen: set[str] = set()
+    for i, text in enumerate(train_texts):
+        norm = normalize_for_leakage(text)
+        if norm in seen:
+            continue  # a repeated training row (mixing repeats rows) adds nothing
+        seen.add(norm)
+        for j in exact_eval.get(norm, ()):
+            exact.setdefault(j, i)
+        for g in _ngrams(norm.split(), ngram) & wanted:
+            for j in by_gram[g]:
+                counts = hits.setdefault(j, {})
+                counts[i] = counts.get(i, 0) + 1
+    leaks = []
+    for j in range(len(eval_texts)):
+        if j in exact:
+            leaks.append({"index": j, "kind": "exact", "overlap": 1.0, "train_index": exact[j]})
+        elif j in hits and eval_grams[j]:
+            best, count = max(hits[j].items(), key=lambda kv: (kv[1], -kv[0]))
+            if count / len(eval_grams[j]) >= threshold:
+                leaks.append({"index": j, "kind": "near", "overlap": round(count / len(eval_grams[j]), 3),
+                              "train_index": best})
     return leaks
 
 

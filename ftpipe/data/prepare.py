@@ -130,11 +130,15 @@ def _prepare_task(loaded: LoadedSpec, task: TaskSpec, role: str, tokenizer: Any,
 
 
 def _drop_overlong(rows: list[dict], tokenizer: Any, max_total: int, policy: str, task: TaskSpec, data: TaskData) -> list[dict]:
-    """Refuse rows whose prompt + target + EOS exceed the limit: Ludwig would silently cut their target."""
-    totals = count_tokens(tokenizer, [r["prompt"] + r["target"] for r in rows])
+    """Refuse rows whose prompt + target + EOS exceed the limit: Ludwig would silently cut their target.
+
+    Prompt and target are counted apart, as Ludwig tokenizes them (one batched call each).
+    """
+    prompts, targets = count_tokens(tokenizer, [r["prompt"] for r in rows]), count_tokens(tokenizer, [r["target"] for r in rows])
     kept = []
-    for row, n in zip(rows, totals):
-        row["tokens"] = n + 1
+    for row, p, t in zip(rows, prompts, targets):
+        n = p + t
+        row["tokens"], row["prompt_tokens"], row["target_tokens"] = n + 1, p, t
         if n + 1 > max_total:
             if policy == "skip":
                 data.skipped_rows += 1
@@ -227,12 +231,11 @@ def _lengths(tokenizer: Any, train_rows: list[dict], tasks: dict[str, TaskData],
     The prompt limit also covers evaluation prompts: Ludwig would otherwise cut a longer prompt's end
     (its assistant header) at predict time.
     """
-    prompts = [r["prompt"] for r in train_rows] + [i.prompt for t in tasks.values() for i in t.eval_items if i.prompt]
-    targets = [r["target"] for r in train_rows]
-    p, tgt = count_tokens(tokenizer, prompts), count_tokens(tokenizer, targets)
+    eval_prompts = sorted({i.prompt for t in tasks.values() for i in t.eval_items if i.prompt})
+    longest_eval = max(count_tokens(tokenizer, eval_prompts), default=0)
     return {
-        "max_prompt_tokens": max(p),
-        "max_target_tokens": max(tgt) + 1,  # + the EOS Ludwig appends
+        "max_prompt_tokens": max(longest_eval, max(r["prompt_tokens"] for r in train_rows)),
+        "max_target_tokens": max(r["target_tokens"] for r in train_rows) + 1,  # + the EOS Ludwig appends
         "max_total_tokens": max(r["tokens"] for r in train_rows),
         "max_new_tokens": spec.generation.max_new_tokens,
     }
