@@ -29,3 +29,21 @@ def fit_diagnosis(curves: dict[str, list[float]], comparisons: list[dict]) -> li
     if targets and all(c["verdict"] != "learned" for c in targets):
         flags.append("underfitting: no target task improved significantly; more steps or a higher learning rate may help")
     return flags
+
+
+def step_losses(run_dir) -> list[dict]:
+    """The training loss of every optimizer step, from the train stage's log (training/loss.jsonl).
+
+    A resumed run logged some steps twice (the attempt that was killed, then the resumed one): the
+    last value logged for a step wins, so the curve is the one the final model followed.
+    """
+    from pathlib import Path
+
+    from ftpipe.files import read_jsonl
+
+    by_step: dict[int, dict] = {}
+    for row in read_jsonl(Path(run_dir) / "training" / "loss.jsonl"):
+        if row.get("loss") is not None and row.get("step") is not None:
+            by_step[int(row["step"])] = {"step": int(row["step"]), "loss": float(row["loss"]),
+                                         "learning_rate": row.get("learning_rate")}
+    return [by_step[k] for k in sorted(by_step)]

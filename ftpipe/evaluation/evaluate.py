@@ -15,7 +15,7 @@ from ftpipe import console, faults
 from ftpipe.data import PreparedData
 from ftpipe.evaluation.cache import cache_key, load_cached, store_cached
 from ftpipe.evaluation.compare import compare_task
-from ftpipe.evaluation.diagnostics import fit_diagnosis, loss_curves
+from ftpipe.evaluation.diagnostics import fit_diagnosis, loss_curves, step_losses
 from ftpipe.evaluation.scoring import TaskScores, few_shot_prompts, score_task
 from ftpipe.files import write_json_atomic, write_text_atomic
 from ftpipe.spec import LoadedSpec, PipelineSpec, QloraAdapter
@@ -121,6 +121,7 @@ def evaluate_run(run_dir: Path, *, loaded: LoadedSpec, prepared: PreparedData, b
     stats_path = run_dir / "training_statistics.json"
     curves = loss_curves(json.loads(stats_path.read_text())) if stats_path.exists() else {}
     report = build_report(spec, run_dir.name, comparisons, curves, prepared, fingerprints)
+    report["step_losses"] = step_losses(run_dir)
     report["quantized_base"] = quant is not None
     if any(d.task.kind == "code" for d in prepared.eval_tasks()):
         from ftpipe.evaluation.sandbox import isolation_layers, reads_guarded

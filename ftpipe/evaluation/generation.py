@@ -525,7 +525,6 @@ class LoadedModel:
             stop string and stripped.
         """
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
 
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
@@ -537,30 +536,16 @@ class LoadedModel:
                 raise ValueError(f"prompt {i} is empty after tokenization")
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
         results: list[str | None] = [None] * len(prompts)
-        tokenizer = self.tokenizer
-        eos = set(self.eos_ids)
         stops = [s for s in (stop or []) if s]
-
-        class _StopStrings(StoppingCriteria):
-            """Per row: stop once the decoded new text contains a stop string."""
-
-            def __init__(self, prompt_width: int):
-                self.prompt_width = prompt_width
-
-            def __call__(self, input_ids, scores, **kwargs):
-                done = []
-                for row in input_ids[:, self.prompt_width :].tolist():
-                    cut = next((j for j, t in enumerate(row) if t in eos), len(row))
-                    text = tokenizer.decode(row[:cut], skip_special_tokens=True)
-                    done.append(any(s in text for s in stops))
-                return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        # transformers' own stop-string check works on token ids (no decoding of every row at every
+        # step); the text is cut at the first stop string afterwards either way, so outputs are the same.
+        stop_kwargs = {"stop_strings": stops, "tokenizer": self.tokenizer} if stops else {}
 
         finished = 0
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             input_ids, mask = self._left_pad([encoded[i] for i in idx])
             width = input_ids.shape[1]
-            criteria = StoppingCriteriaList([_StopStrings(width)]) if stops else None
             with torch.inference_mode():
                 out = self.model.generate(
                     input_ids=input_ids,
@@ -568,10 +553,10 @@ class LoadedModel:
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     num_beams=1,
-                    stopping_criteria=criteria,
+                    **stop_kwargs,
                 )
             for row, i in zip(out[:, width:].tolist(), idx):
-                text = tokenizer.decode(self._new_tokens(row), skip_special_tokens=True)
+                text = self.tokenizer.decode(self._new_tokens(row), skip_special_tokens=True)
                 results[i] = _cut_at_stop(text, stops)
             finished += len(idx)
             if progress is not None:

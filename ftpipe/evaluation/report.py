@@ -85,8 +85,12 @@ def render_markdown(report: dict) -> str:
     if comparable.get("overlap"):
         out += ["", f"**Not comparable with the promoted run {comparable['promoted']}:** {comparable['detail']}"]
     out += ["", "![learning and forgetting](learning_forgetting.png)", "", "![per task](tasks.png)", ""]
-    if report.get("loss_curves"):
+    if report.get("loss_curves") or report.get("step_losses"):
         out += ["## Training", "", "![loss curves](loss.png)", ""]
+        steps = report.get("step_losses") or []
+        if steps:
+            out.append(f"- training loss per step: {steps[0]['loss']:.3f} at step {steps[0]['step']} -> "
+                       f"{steps[-1]['loss']:.3f} at step {steps[-1]['step']} ({len(steps)} steps)")
         for split, losses in report["loss_curves"].items():
             out.append(f"- {split} loss per checkpoint: " + ", ".join(f"{x:.3f}" for x in losses))
         out.append("")
@@ -146,12 +150,22 @@ def render_charts(report: dict, folder: Path) -> list[Path]:
         axes[0][0].set_ylabel("score")
         fig.tight_layout()
         written.append(_save(fig, folder / "tasks.png", plt))
+    steps = report.get("step_losses") or []
     curves = report.get("loss_curves") or {}
-    if curves:
-        fig, ax = plt.subplots(figsize=(5, 3))
-        for split, losses in curves.items():
-            ax.plot(range(1, len(losses) + 1), losses, marker="o", label=split)
-        ax.set_xlabel("checkpoint")
+    if steps or curves:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        if steps:  # per optimizer step, as ftpipe logged it; validation (per checkpoint) on the same axis
+            ax.plot([s["step"] for s in steps], [s["loss"] for s in steps], linewidth=1, label="training (per step)")
+            validation = curves.get("validation") or []
+            if validation:
+                last = steps[-1]["step"]
+                at = [round(last * (k + 1) / len(validation)) for k in range(len(validation))]
+                ax.plot(at, validation, marker="o", label="validation (per checkpoint)")
+            ax.set_xlabel("step")
+        else:
+            for split, losses in curves.items():
+                ax.plot(range(1, len(losses) + 1), losses, marker="o", label=split)
+            ax.set_xlabel("checkpoint")
         ax.set_ylabel("loss")
         ax.legend()
         fig.tight_layout()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ftpipe import console, faults
 from ftpipe.errors import TrainError
-from ftpipe.files import replace_folder, write_json_atomic
+from ftpipe.files import read_jsonl, replace_folder, write_json_atomic
 from ftpipe.spec import PipelineSpec, QloraAdapter
 from ftpipe.training import ludwig_compat
 
@@ -104,11 +104,4 @@ def _place_copy(source: Path, final: Path) -> None:
 
 def read_losses(run_dir: Path) -> list[dict]:
     """The per-step losses the train stage logged (every attempt; a line cut by a kill is skipped)."""
-    path = run_dir / "training" / LOSS_LOG
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    return read_jsonl(run_dir / "training" / LOSS_LOG)
