@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -138,28 +139,40 @@ def test_promote_and_rollback_racing_a_finishing_run_end_consistent(promoted_job
     first = promoted_run("tiny-lora", runs)
     data = job / "data" / "colors.jsonl"
     data.write_text(data.read_text() + json.dumps({"question": "What color is wet sand?", "color": "brown"}) + "\n")
-    codes: list[int] = []
+    moves: list[int] = []
+    shows: list[int] = []
     stop = threading.Event()
 
     def operator():
         while not stop.is_set():
-            codes.append(ftpipe("promote", first.name, "--runs-dir", "runs", cwd=job).returncode)
-            codes.append(ftpipe("rollback", "tiny-lora", "--runs-dir", "runs", cwd=job).returncode)
-            codes.append(ftpipe("runs", "show", first.name, "--runs-dir", "runs", cwd=job).returncode)
+            moves.append(ftpipe("promote", first.name, "--runs-dir", "runs", cwd=job).returncode)
+            moves.append(ftpipe("rollback", "tiny-lora", "--runs-dir", "runs", cwd=job).returncode)
+            shows.append(ftpipe("runs", "show", first.name, "--runs-dir", "runs", cwd=job).returncode)
 
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("FTPIPE_FAULT", None)
+    run = subprocess.Popen([sys.executable, "-m", "ftpipe", "run", "specs/tiny_lora.yaml", "--runs-dir", "runs", *OVERRIDES],
+                           cwd=job, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while len(list_runs(runs, "tiny-lora")) < 2:  # the run holds the lock: operators race it from here
+        assert run.poll() is None, run.communicate()[1][-2000:]
+        time.sleep(0.2)
     racers = [threading.Thread(target=operator, daemon=True) for _ in range(2)]
     for t in racers:
         t.start()
     try:
-        finished = ftpipe("run", "specs/tiny_lora.yaml", "--runs-dir", "runs", *OVERRIDES, cwd=job)
+        _, err = run.communicate(timeout=900)
+        time.sleep(20)  # and a while after it finished and promoted itself
     finally:
         stop.set()
         for t in racers:
             t.join(timeout=300)
-    assert finished.returncode in (0, 4), finished.stderr[-2000:]  # 4 only if an operator held the lock at its start
-    assert set(codes) <= {0, 2, 4} and codes.count(0) > 0  # done, "nothing to roll back to", or "locked"
+    assert run.returncode == 0, err[-2000:]
+    assert set(moves) <= {0, 2, 4} and 0 in moves  # done, "nothing earlier to roll back to", or "locked"
+    assert set(shows) == {0}  # reading never fails, lock or no lock
     check_invariants(runs)
     events = journal_events(runs / "tiny-lora")
+    newest = max(list_runs(runs, "tiny-lora"), key=lambda x: x[1].started_at)[0]
+    assert any(e["action"] == "promote" and e["run"] == newest.name for e in events)  # the run promoted itself
     promotions = history.promotion_history("tiny-lora")
     assert len(promotions) == len(events)  # every move is in the history, once
     assert promoted_run("tiny-lora", runs).name == events[-1]["stack"][-1]
