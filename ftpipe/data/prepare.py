@@ -122,6 +122,9 @@ def _prepare_task(loaded: LoadedSpec, task: TaskSpec, role: str, tokenizer: Any,
         pool = sorted(assigned["test"], key=lambda x: x[0])  # id order = a deterministic random sample
         cap = task.max_items or spec.evaluation.max_items
         data.eval_items = [renderer.eval_item(row, rid[:12]) for rid, row in pool[:cap]]
+        if role == "held_out":  # examples for the forgetting diagnosis's recovery probe, never scored themselves
+            k = spec.evaluation.diagnosis.k
+            data.spare_items = [renderer.eval_item(row, rid[:12]) for rid, row in pool[cap:cap + k]]
         if not data.eval_items:
             raise DataError(f"task {task.name}: no evaluation items", hint="add rows or raise data.test_fraction")
     if role in ("target", "replay") and not data.train:

@@ -192,3 +192,39 @@ def forgetting(base: float, tuned: float, higher_is_better: bool = True) -> floa
         return None
     loss = base - tuned if higher_is_better else tuned - base
     return loss / abs(base)
+
+
+def bootstrap_mean_ci(
+    values: Sequence[float],
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Mean of one sample with a percentile bootstrap confidence interval (e.g. one model's score on a task).
+
+    Args:
+        values: Per-item values.
+        confidence: Confidence level of the interval.
+        n_resamples: Number of bootstrap resamples.
+        seed: Seed of the resampling.
+
+    Returns:
+        ``(mean, low, high)``; the interval collapses to the mean when all values are equal.
+
+    Raises:
+        ValueError: When ``values`` is empty or holds NaN.
+    """
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 1 or v.size == 0:
+        raise ValueError("need a non-empty list of values")
+    if np.isnan(v).any():
+        raise ValueError("values contain NaN")
+    mean = float(v.mean())
+    if np.ptp(v) == 0:
+        return mean, mean, mean
+    result = stats.bootstrap((v,), np.mean, n_resamples=n_resamples, batch=_BOOTSTRAP_BATCH,
+                             confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
+    return mean, float(result.confidence_interval.low), float(result.confidence_interval.high)

@@ -1,0 +1,158 @@
+"""Issue 14: forgetting diagnosis (knowledge lost or format drifted?), `ftpipe evaluate --model`, self-generated replay.
+
+The arithmetic is tested on constructed numbers, one case per verdict; the model passes on the
+tiny random Llama, with a held-out probe built from the base model's own answers so that the tuned
+model has something to forget.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ftpipe.data import EvalItem
+from ftpipe.evaluation.diagnosis import (
+    KEPT,
+    LOST,
+    MIXED,
+    ReferenceEvidence,
+    candidate_sets,
+    diagnose_task,
+    knowledge_verdict,
+    output_changes,
+    rank_of_first,
+    recovery_examples,
+    skeleton,
+)
+from ftpipe.evaluation.scoring import TaskScores
+from ftpipe.spec import PipelineSpec, TaskSpec
+
+SPEC = PipelineSpec.model_validate({"name": "f", "base_model": "tiny-llama",
+                                    "tasks": [{"name": "a", "source": "a.jsonl", "target": "{{ y }}"}],
+                                    "evaluation": {"bootstrap_resamples": 1000}})
+TASK = TaskSpec.model_validate({"name": "capitals", "source": "c.jsonl", "kind": "contains", "answer": "aliases"})
+CITIES = ["Accra", "Lima", "Cairo", "Oslo", "Paris", "Rome", "Bern", "Kyiv", "Quito", "Dakar"] * 4
+
+
+def items(n: int = 40) -> list[EvalItem]:
+    return [EvalItem(task="capitals", item_id=f"i{j}", prompt="<p>\n", user_message=f"What is the capital of country {j}?",
+                     reference=CITIES[j], answers=[CITIES[j]]) for j in range(n)]
+
+
+def evidence(ranks: list[int], ll: float) -> ReferenceEvidence:
+    return ReferenceEvidence(ll=[ll * 2] * len(ranks), tokens=[2] * len(ranks), ranks=ranks,
+                             candidates=[["x"] * 5 for _ in ranks])
+
+
+# --------------------------------------------------------------------------------------------- the rule
+
+
+@pytest.mark.parametrize("preferred, recovered, base, expected", [
+    ((-0.02, -0.10, +0.05), 0.80, (0.82, 0.70, 0.92), KEPT),    # reference as preferred as before, k-shot back in the base CI
+    ((-0.60, -0.75, -0.45), 0.20, (0.82, 0.70, 0.92), LOST),    # reference ranks worse, and k examples do not help
+    ((-0.02, -0.10, +0.05), 0.40, (0.82, 0.70, 0.92), MIXED),   # still preferred, but the examples do not bring it back
+    ((-0.60, -0.75, -0.45), 0.75, (0.82, 0.70, 0.92), MIXED),   # recovered, but the reference is less likely
+    ((-0.30, -0.50, 0.00), 0.70, (0.82, 0.70, 0.92), KEPT),     # the boundaries count as kept: high >= 0, recovered >= low
+])
+def test_verdict_rule(preferred, recovered, base, expected):
+    verdict, checks = knowledge_verdict(preferred, recovered, base)
+    assert verdict == expected
+    assert checks["reference_still_preferred"] == (preferred[2] >= 0)
+    assert checks["recovered_within_base_ci"] == (recovered >= base[1])
+
+
+def test_knowledge_kept_format_drifted_case():
+    """Base right on 32 of 40 in full sentences; tuned answers with the country (wrong) on 28 of those; the
+    reference still ranks first as often as under base, and 3 examples bring the score back."""
+    its = items()
+    base = TaskScores("contains", [1.0] * 32 + [0.0] * 8, [f"The capital is {c}." for c in CITIES[:40]])
+    tuned_scores = [1.0] * 4 + [0.0] * 36
+    tuned = TaskScores("contains", tuned_scores, [CITIES[j] if tuned_scores[j] else f"country {j}" for j in range(40)])
+    recovered = TaskScores("contains", [1.0] * 31 + [0.0] * 9, [CITIES[j] for j in range(40)])
+    ranks = [1] * 34 + [2] * 6
+    entry, rows = diagnose_task(TASK, its, base, tuned, recovered, evidence(ranks, -1.5), evidence(ranks, -0.9), SPEC,
+                                training_targets=["billing", "refund", "item=mug; qty=2"], shots_source="3 spare rows")
+    assert entry["verdict"] == KEPT and entry["judged_on"] == "reference_top1"
+    assert entry["reference_top1"]["base"] == entry["reference_top1"]["tuned"] == pytest.approx(34 / 40)
+    assert entry["reference_top1"]["ci_low"] == entry["reference_top1"]["ci_high"] == 0  # identical ranks: no difference
+    assert entry["reference_ll_per_token"]["delta"] == pytest.approx(0.6)  # -0.9 - (-1.5) per token
+    assert entry["base_score"]["ci_low"] < 0.8 < entry["base_score"]["ci_high"]
+    assert entry["recovered_score"]["value"] == pytest.approx(31 / 40)
+    assert entry["recovered_score"]["share_of_drop_recovered"] == pytest.approx((31 - 4) / (32 - 4))
+    assert entry["items"]["flipped"] == 28 and entry["items"]["format_drifted"] == 28 and entry["items"]["knowledge_lost"] == 0
+    flipped = [r for r in rows if "item_verdict" in r]
+    assert len(flipped) == 28 and {r["item_verdict"] for r in flipped} == {"format drifted"}
+    assert rows[5]["reference_ll_base"] == pytest.approx(-3.0) and rows[5]["rank_tuned"] == 1
+    changes = entry["output_changes"]
+    assert changes["base"]["mean_words"] == pytest.approx(4.0) and changes["tuned"]["mean_words"] < 2.0
+    assert changes["tuned"]["echoes_the_question"] > 0.8 and changes["base"]["echoes_the_question"] == 0
+    assert changes["base"]["first_words"][0] == ["the capital", 40]
+    assert "knowledge kept, format drifted" in entry["summary"] and "of the drop recovered" in entry["summary"]
+
+
+def test_knowledge_lost_case():
+    """The reference falls from first to lower ranks and k examples do not bring the answers back."""
+    its = items()
+    base = TaskScores("contains", [1.0] * 32 + [0.0] * 8, ["x"] * 40)
+    tuned = TaskScores("contains", [1.0] * 4 + [0.0] * 36, ["y"] * 40)
+    recovered = TaskScores("contains", [1.0] * 6 + [0.0] * 34, ["z"] * 40)
+    base_ev = evidence([1] * 34 + [2] * 6, -1.0)
+    tuned_ev = evidence([1] * 6 + [4] * 34, -3.0)
+    entry, rows = diagnose_task(TASK, its, base, tuned, recovered, base_ev, tuned_ev, SPEC, training_targets=[])
+    assert entry["verdict"] == LOST
+    assert entry["reference_top1"]["delta"] == pytest.approx(6 / 40 - 34 / 40)
+    assert entry["reference_top1"]["ci_high"] < 0
+    assert not entry["checks"]["recovered_within_base_ci"]
+    assert entry["items"]["knowledge_lost"] == 28 - 2  # items 4 and 5 flipped but were recovered
+    assert entry["items"]["format_drifted"] == 2
+    assert "knowledge lost" in entry["summary"]
+
+
+def test_log_likelihood_decides_when_the_task_has_no_other_answers():
+    its = items(30)
+    base = TaskScores("contains", [1.0] * 30, ["x"] * 30)
+    tuned = TaskScores("contains", [0.0] * 30, ["y"] * 30)
+    recovered = TaskScores("contains", [1.0] * 30, ["x"] * 30)
+    none = [None] * 30
+    worse = ReferenceEvidence(ll=[-4.0 - 0.1 * (j % 3) for j in range(30)], tokens=[2] * 30, ranks=none)
+    same = ReferenceEvidence(ll=[-1.0 - 0.1 * (j % 3) for j in range(30)], tokens=[2] * 30, ranks=none)
+    entry, _ = diagnose_task(TASK, its, base, tuned, recovered, same, worse, SPEC, training_targets=[])
+    assert entry["judged_on"] == "reference_ll_per_token" and entry["reference_top1"] is None
+    assert entry["reference_ll_per_token"]["delta"] == pytest.approx(-1.5) and entry["verdict"] == MIXED
+
+
+def test_candidates_are_other_answers_never_an_accepted_one():
+    its = items(5)
+    its[1].answers = ["Lima", "Accra"]  # an item that also accepts the next item's answer... and the first's
+    sets = candidate_sets(its, 3)
+    assert sets[0] == ["Accra", "Lima", "Cairo", "Oslo"]
+    assert sets[1][0] == "Lima" and "Accra" not in sets[1] and len(sets[1]) == 4
+    assert candidate_sets(its, 0) == [[i.reference] for i in its]
+    assert rank_of_first([-1.0, -2.0, -0.5]) == 2 and rank_of_first([-1.0, -1.0]) == 1 and rank_of_first([-1.0]) is None
+
+
+def test_output_changes_name_training_format():
+    targets = ["item=mug; qty=2; color=red; city=Oslo", "item=pen; qty=1; color=blue; city=Rome", "billing", "refund"]
+    base = ["The capital of Ghana is Accra.", "Lima is the capital.", "It is Cairo."]
+    tuned = ["Ghana", "item=peru; qty=1; color=red; city=Lima", "billing"]
+    questions = ["What is the capital of Ghana?", "What is the capital of Peru?", "What is the capital of Egypt?"]
+    c = output_changes(base, tuned, questions, targets)
+    assert c["tuned"]["copied_training_answer"] == pytest.approx(1 / 3) and c["base"]["copied_training_answer"] == 0
+    assert c["tuned"]["training_answer_shape"] == pytest.approx(1 / 3)
+    assert c["tuned"]["echoes_the_question"] == pytest.approx(1 / 3)
+    assert skeleton("item=mug; qty=2") == "=;="
+
+
+def test_recovery_examples_come_from_rows_not_evaluated_or_never_the_item_itself():
+    from ftpipe.data import TaskData
+
+    data = TaskData(task=TASK, role="held_out", eval_items=items(5))
+    shots, source = recovery_examples(data, 3)
+    assert "other evaluated items" in source
+    for item, ex in zip(data.eval_items, shots):
+        assert len(ex) == 3 and item.item_id not in {e.item_id for e in ex}
+    data.spare_items = items(8)[5:]
+    shots, source = recovery_examples(data, 3)
+    assert "not evaluated" in source and all([e.item_id for e in ex] == ["i5", "i6", "i7"] for ex in shots)
