@@ -180,6 +180,32 @@ def eval_cmd(run_ref: str = typer.Argument(..., help="Run id or folder."), runs_
 
 
 @app.command()
+def evaluate(spec: Path = typer.Argument(..., help="Pipeline spec YAML: its tasks, probes, evaluation and gates."),
+             model: Path = typer.Option(..., "--model", help="A Hugging Face model folder, or a PEFT adapter folder."),
+             base: Optional[str] = typer.Option(None, "--base", help="The adapter's base model (default: the spec's)."),
+             set_: Optional[list[str]] = SetOption, runs_dir: Optional[Path] = RootOption) -> None:
+    """Base-versus-tuned report for a model trained anywhere; exit 3 when a spec gate fails (a CI gate)."""
+    from ftpipe.lifecycle.external import evaluate_model
+
+    def body():
+        from ftpipe.errors import EXIT_GATE_FAILED
+        from ftpipe.evaluation import summary_table
+
+        result = evaluate_model(spec, model, set_, base=base, root=runs_dir, fail_on_gates=False)
+        typer.echo(summary_table(result.report))
+        for t in result.report["tasks"]:
+            if t.get("diagnosis"):
+                typer.echo(f"\n{t['diagnosis']['summary']}")
+        typer.echo(f"\nreport: {result.folder / 'report.md'}")
+        if result.gates_passed is False:
+            typer.echo(f"gates FAILED: {result.report['gates']['promotion'].removeprefix('not promoted: ')}", err=True)
+            return EXIT_GATE_FAILED
+        return 0
+
+    _guard(body)
+
+
+@app.command()
 def report(run_ref: str = typer.Argument(..., help="Run id or folder."), runs_dir: Optional[Path] = RootOption) -> None:
     """Render a run's report.md and charts again from its report.json."""
     from ftpipe.evaluation import rerender

@@ -156,3 +156,87 @@ def test_recovery_examples_come_from_rows_not_evaluated_or_never_the_item_itself
     data.spare_items = items(8)[5:]
     shots, source = recovery_examples(data, 3)
     assert "not evaluated" in source and all([e.item_id for e in ex] == ["i5", "i6", "i7"] for ex in shots)
+
+
+# --------------------------------------------------------------------------------------------- on the tiny model
+
+TINY = Path(__file__).parent / "fixtures" / "specs" / "tiny_lora.yaml"
+DIAGNOSE_ALWAYS = ["training.max_steps=2", "evaluation.diagnosis.always=true"]
+
+
+@pytest.fixture(scope="module")
+def diagnosed_run(tiny_llama_dir, tmp_path_factory):
+    """A finished tiny run whose held-out generation probe is diagnosed (always: the random model forgets nothing)."""
+    from ftpipe.lifecycle import run_pipeline
+
+    root = tmp_path_factory.mktemp("runs")
+    return root, run_pipeline(TINY, DIAGNOSE_ALWAYS, root).run_dir
+
+
+def test_diagnosis_on_the_tiny_model_writes_evidence_per_item(diagnosed_run):
+    from ftpipe.evaluation.diagnosis import _continuation
+    from ftpipe.evaluation.generation import load_model
+    from ftpipe.evaluation.evaluate import tuned_model_spec
+    from ftpipe.lifecycle import load_run_spec
+
+    _, run_dir = diagnosed_run
+    report = json.loads((run_dir / "report.json").read_text())
+    tasks = {t["task"]: t for t in report["tasks"]}
+    assert "diagnosis" not in tasks["category_mc"] and "diagnosis" not in tasks["colors"]  # multiple choice, target
+    d = tasks["say_word"]["diagnosis"]
+    assert d["verdict"] in (KEPT, LOST, MIXED) and d["k"] == 3 and "other evaluated items" in d["examples_from"]
+    assert d["judged_on"] == "reference_top1" and d["reference_top1"]["candidates"] == 5
+    rows = [json.loads(line) for line in (run_dir / "diagnosis" / "say_word.jsonl").read_text().splitlines()]
+    assert len(rows) == tasks["say_word"]["n"] and all(1 <= r["rank_base"] <= 5 for r in rows)
+    assert "Forgetting diagnosis" in (run_dir / "report.md").read_text()
+    # the per-item numbers are the tuned model's log-likelihood of the reference, recomputed here
+    spec = load_run_spec(run_dir).spec
+    items = json.loads((run_dir / "eval_items.json").read_text())["say_word"]
+    model = load_model(tuned_model_spec(run_dir, spec, str(tiny_llama_dir_of(run_dir)), "cpu"))
+    (ll, n), = model.loglikelihood([items[0]["prompt"]], [_continuation(items[0]["prompt"], items[0]["reference"])])
+    assert rows[0]["reference_ll_tuned"] == pytest.approx(ll, abs=1e-4) and rows[0]["reference_tokens"] == n
+
+
+def tiny_llama_dir_of(run_dir: Path) -> str:
+    from ftpipe.lifecycle import load_manifest
+
+    return load_manifest(run_dir).base_model
+
+
+@pytest.mark.parametrize("adapter_only", [True, False], ids=["adapter", "merged"])
+def test_evaluate_model_on_an_exported_run_gives_the_runs_numbers(diagnosed_run, tmp_path, adapter_only):
+    from ftpipe.lifecycle import export_run
+    from ftpipe.lifecycle.external import evaluate_model
+
+    root, run_dir = diagnosed_run
+    exported = export_run(str(run_dir), tmp_path / "model", adapter_only=adapter_only, root=root)
+    result = evaluate_model(TINY, exported, DIAGNOSE_ALWAYS, root=tmp_path / "ext")
+    own = {t["task"]: t for t in json.loads((run_dir / "report.json").read_text())["tasks"]}
+    theirs = {t["task"]: t for t in result.report["tasks"]}
+    assert set(own) == set(theirs)
+    for name, t in own.items():
+        for key in ("n", "base", "tuned", "delta", "ci_low", "ci_high", "verdict"):
+            assert theirs[name][key] == pytest.approx(t[key]), (name, key)
+    assert theirs["say_word"]["diagnosis"]["reference_ll_per_token"]["tuned"] == pytest.approx(
+        own["say_word"]["diagnosis"]["reference_ll_per_token"]["tuned"], abs=1e-4)
+    assert result.folder.parent.name == "external" and (result.folder / "report.md").exists()
+    assert result.report["model_source"]["kind"] == ("adapter" if adapter_only else "full")
+    assert result.gates_passed is None  # the tiny spec has no gates
+
+
+def test_evaluate_model_is_a_ci_gate(diagnosed_run, tmp_path):
+    """With a gate the tuned model cannot pass, `ftpipe evaluate --model` exits 3 after writing its report."""
+    from typer.testing import CliRunner
+
+    from ftpipe.cli import app
+    from ftpipe.lifecycle import export_run
+
+    root, run_dir = diagnosed_run
+    exported = export_run(str(run_dir), tmp_path / "adapter", adapter_only=True, root=root)
+    result = CliRunner().invoke(app, ["evaluate", str(TINY), "--model", str(exported), "--runs-dir", str(tmp_path / "ext"),
+                                      "--set", "gates.min_gain=0.5"])
+    assert result.exit_code == 3, result.output
+    assert "gates FAILED" in result.output and "min_gain[colors]" in result.output
+    assert list((tmp_path / "ext" / "tiny-lora" / "external").glob("*/report.json"))
+    bad = CliRunner().invoke(app, ["evaluate", str(TINY), "--model", str(tmp_path)])
+    assert bad.exit_code == 2 and "neither a Hugging Face model folder" in bad.output

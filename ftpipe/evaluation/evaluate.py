@@ -175,7 +175,7 @@ class _Diagnosis:
         for data in self.tasks:
             name = data.task.name
             entry = compare_task(data.task, "held_out", data.eval_items, self.base_scores[name], scores[name], self.spec)
-            if entry["verdict"] != "forgot":
+            if entry["verdict"] != "forgot" and not self.spec.evaluation.diagnosis.always:
                 continue
             console.log(f"  diagnosing the drop on {name}: reference likelihoods and a {self.spec.evaluation.diagnosis.k}-shot "
                         "recovery probe")
@@ -191,7 +191,7 @@ class _Diagnosis:
         targets = [r["target"] for r in self.prepared.train_rows if r.get("task") in {t.name for t in self.spec.tasks}]
         for entry in comparisons:
             name = entry["task"]
-            if name not in self.recovered or entry["verdict"] != "forgot":
+            if name not in self.recovered:
                 continue
             data = by_name[name]
             recovered, source = self.recovered[name]

@@ -316,6 +316,7 @@ class DiagnosisSpec(Section):
     """Forgetting diagnosis (issue 14): for each held-out generation task that dropped, knowledge lost or format drifted?"""
 
     enabled: bool = Field(True, description="Diagnose every held-out generation task whose verdict is 'forgot'.")
+    always: bool = Field(False, description="Diagnose every held-out generation task, whatever its verdict.")
     k: int = Field(3, ge=1, le=16, description="In-format examples of the held-out task shown to the tuned model "
                                                "in the recovery probe (from its rows that are not evaluated).")
     candidates: int = Field(4, ge=0, le=32, description="Other answers of the task the reference answer is ranked "
