@@ -240,3 +240,69 @@ def test_evaluate_model_is_a_ci_gate(diagnosed_run, tmp_path):
     assert list((tmp_path / "ext" / "tiny-lora" / "external").glob("*/report.json"))
     bad = CliRunner().invoke(app, ["evaluate", str(TINY), "--model", str(tmp_path)])
     assert bad.exit_code == 2 and "neither a Hugging Face model folder" in bad.output
+
+
+# --------------------------------------------------------------------------------------------- self-generated replay
+
+
+def _pool(path: Path, questions: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"instruction": q}) + "\n" for q in questions))
+    return path
+
+
+GENERAL = ["How many hours are in a day?", "Subtract 75 from 82.", "Which number is smaller, 549 or 943?",
+           "Name a primary color.", "What is two plus two?", "Spell the word cat.", "Give a synonym of big.",
+           "What day comes after Monday?", "Count to three.", "Is ice cold?"]
+
+
+def _replay_set(pool: Path, **extra) -> list[str]:
+    sg = {"source": str(pool), "chat_template": False, "max_prompts": 8, "max_new_tokens": 4, **extra}
+    return [f"data.replay={json.dumps({'share': 0.2, 'self_generated': sg})}"]
+
+
+def test_self_generated_replay_is_generated_once_cached_and_trained_on(tiny_llama_dir, tmp_path, monkeypatch):
+    from ftpipe.data import prepare_for_base_model, validate_spec
+    from ftpipe.lifecycle.replay import ensure_self_generated_replay
+
+    monkeypatch.setenv("FTPIPE_HOME", str(tmp_path / "home"))
+    loaded = validate_spec(TINY, _replay_set(_pool(tmp_path / "pool.jsonl", GENERAL)))
+    path = ensure_self_generated_replay(loaded, str(tiny_llama_dir))
+    assert path.parent == tmp_path / "home" / "cache" / "replay"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == GENERAL[:8] and all(r["response"].strip() for r in rows)
+    assert json.loads(path.with_suffix(".meta.json").read_text())["answered"] == 8
+    stamp = path.stat().st_mtime_ns
+    assert ensure_self_generated_replay(loaded, str(tiny_llama_dir)) == path and path.stat().st_mtime_ns == stamp  # cached
+
+    prepared = prepare_for_base_model(loaded, str(tiny_llama_dir))
+    assert prepared.tasks["self_replay"].role == "replay"
+    replayed = [r for r in prepared.train_rows if r["task"] == "self_replay"]
+    assert replayed and {r["target"] for r in replayed} <= {r["response"] for r in rows}
+    assert {r["user_message"] for r in replayed} <= set(GENERAL[:8])
+    assert 0 < prepared.mixture["self_replay"]["row_share"] < 0.5
+    assert any(k.startswith("self_replay:") for k in prepared.input_hashes)  # the pool is part of the data fingerprint
+
+    other = validate_spec(TINY, _replay_set(tmp_path / "pool.jsonl", max_new_tokens=6))
+    assert ensure_self_generated_replay(other, str(tiny_llama_dir)) != path  # keyed by the prompt set and generation
+
+
+def test_self_generated_replay_refuses_a_pool_that_overlaps_the_probes(tiny_llama_dir, tmp_path, monkeypatch):
+    from ftpipe.data import validate_spec
+    from ftpipe.errors import DataError
+    from ftpipe.lifecycle.replay import ensure_self_generated_replay
+
+    monkeypatch.setenv("FTPIPE_HOME", str(tmp_path / "home"))
+    probes = [json.loads(line)["question"] for line in (TINY.parent.parent / "data" / "say_word.jsonl").read_text().splitlines()]
+    pool = _pool(tmp_path / "leaky.jsonl", GENERAL[:5] + probes[:3])
+    loaded = validate_spec(TINY, _replay_set(pool) + ["data.leakage.action=drop"])  # drop or not: refused
+    with pytest.raises(DataError, match=r"prompt pool overlaps evaluated items \(say_word: 3\)"):
+        ensure_self_generated_replay(loaded, str(tiny_llama_dir))
+    assert not (tmp_path / "home" / "cache" / "replay").exists()  # refused before generating anything
+
+
+def test_self_generated_replay_spec_errors_are_one_line():
+    from ftpipe.errors import SpecError
+    from ftpipe.spec import load_spec
+
+    with pytest.raises(SpecError, match=r"data.replay: give exactly one of task or self_generated"):
+        load_spec(TINY, ['data.replay={"share": 0.2}'])
