@@ -215,3 +215,13 @@ def test_two_workers_share_one_sweep(tiny_llama_dir, tmp_path):
     assert sorted(t["params"]["training.learning_rate"] for t in done)[:2] in ([0.001, 0.003], [0.001, 0.001], [0.003, 0.003])
     assert {t["params"]["training.learning_rate"] for t in done} == {0.001, 0.003}
     assert len({t["run_id"] for t in done}) == len(done)
+
+
+def test_validate_and_help_of_the_new_commands_import_no_optuna_or_torch():
+    code = ("import sys; from typer.testing import CliRunner; from ftpipe.cli import app; "
+            "r = CliRunner().invoke(app, ['validate', 'pipelines/demo_sweep.yaml']); assert r.exit_code == 0, r.output; "
+            "r = CliRunner().invoke(app, ['sweep', '--help']); assert r.exit_code == 0 and '--promote-best' in r.output; "
+            "r = CliRunner().invoke(app, ['evaluate', '--help']); assert r.exit_code == 0 and '--model' in r.output; "
+            "heavy = [m for m in ('optuna', 'torch', 'ludwig', 'transformers', 'peft') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
