@@ -159,6 +159,9 @@ def run(spec: Path = typer.Argument(..., help="Pipeline spec YAML."), set_: Opti
             from ftpipe.evaluation import summary_table
 
             typer.echo(summary_table(result.report))
+            for t in result.report["tasks"]:
+                if t.get("diagnosis"):
+                    typer.echo(f"\n{t['diagnosis']['summary']}")
             typer.echo(f"\nreport: {result.run_dir / 'report.md'}")
         typer.echo(f"run: {result.run_dir}")
 

@@ -47,6 +47,7 @@ from ftpipe.spec import PipelineSpec, TaskSpec
 # Held-out kinds whose outputs are free generations with a reference answer (code has tests, not answers).
 DIAGNOSED_KINDS = {"exact_match", "contains", "rouge_l", "numeric", "classification"}
 KEPT, LOST, MIXED = "knowledge kept, format drifted", "knowledge lost", "mixed evidence"
+NO_DROP = "no significant drop"  # evaluation.diagnosis.always on a task that did not forget: evidence only
 _EVIDENCE_VERSION = 1
 
 
@@ -273,8 +274,12 @@ def recovery_scores(model: Any, data: TaskData, spec: PipelineSpec) -> tuple[Tas
 
 def diagnose_task(task: TaskSpec, items: list[EvalItem], base: TaskScores, tuned: TaskScores, recovered: TaskScores,
                   base_ev: ReferenceEvidence, tuned_ev: ReferenceEvidence, spec: PipelineSpec,
-                  training_targets: list[str], shots_source: str = "") -> tuple[dict, list[dict]]:
+                  training_targets: list[str], shots_source: str = "", forgot: bool = True) -> tuple[dict, list[dict]]:
     """The diagnosis of one held-out task: (report entry, per-item rows). Pure: no model calls.
+
+    Args:
+        forgot: Whether the task's verdict is "forgot"; otherwise the verdict is NO_DROP and the
+            evidence is reported as it is (`evaluation.diagnosis.always`).
 
     Returns:
         The entry holds the verdict, the checks it was judged on, each piece of evidence with its CI,
@@ -291,6 +296,8 @@ def diagnose_task(task: TaskSpec, items: list[EvalItem], base: TaskScores, tuned
     base_ci = stats.bootstrap_mean_ci(base.scores, **ci)
     rec_value = recovered.value()
     verdict, checks = knowledge_verdict(preferred, rec_value, base_ci)
+    if not forgot:
+        verdict = NO_DROP
     rec_ci = stats.paired_bootstrap_ci(base.scores, recovered.scores, **ci)
     drop = base.value() - tuned.value()
 

@@ -197,7 +197,7 @@ class _Diagnosis:
             recovered, source = self.recovered[name]
             entry["diagnosis"], rows = diagnose_task(data.task, data.eval_items, self.base_scores[name], tuned_scores[name],
                                                      recovered, self.base_ev[name], self.tuned_ev[name], self.spec,
-                                                     targets, source)
+                                                     targets, source, forgot=entry["verdict"] == "forgot")
             folder = run_dir / "diagnosis"
             folder.mkdir(exist_ok=True)
             write_text_atomic(folder / f"{name}.jsonl", "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")

@@ -177,7 +177,7 @@ def trial_objectives(report: dict, item_scores: dict[str, tuple[list[float], lis
             base = abs(t["base"])
             higher = t.get("higher_is_better", t["kind"] != "perplexity")
             worst, forgetting = t["task"], t["forgetting"]
-            f_ci = (-t["ci_high"] / base, -t["ci_low"] / base) if higher else (t["ci_low"] / base, t["ci_high"] / base)
+            f_ci = (-t["ci_high"] / base + 0.0, -t["ci_low"] / base + 0.0) if higher else (t["ci_low"] / base, t["ci_high"] / base)
     gates = report.get("gates") or {}
     return {"learning": learning, "learning_ci": [low, high], "forgetting": forgetting, "forgetting_ci": list(f_ci),
             "forgetting_task": worst, "gates_configured": bool(gates.get("configured")),
@@ -497,7 +497,7 @@ def render_frontier(report: dict, path: Path) -> Path:
 
     done = [t for t in report["trials"] if t["state"] == "complete"]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for t in done:
+    for t in sorted(done, key=lambda t: t["number"] == report["recommended"]):  # the recommendation drawn last
         x, y = t["forgetting"], t["learning"]
         xerr = [[max(0.0, x - t["forgetting_ci"][0])], [max(0.0, t["forgetting_ci"][1] - x)]]
         yerr = [[max(0.0, y - t["learning_ci"][0])], [max(0.0, t["learning_ci"][1] - y)]]
