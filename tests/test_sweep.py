@@ -138,6 +138,17 @@ def test_a_trial_whose_worker_died_is_queued_again_with_its_parameters(tmp_path)
     retry = study.get_trials(states=(TrialState.WAITING,))
     assert len(retry) == 1 and retry[0].params == gone.params and retry[0].system_attrs["failed_trial"] == gone.number
     assert recover_dead_trials(study) == []
+    # the retry, interrupted by Ctrl-C (failed, no error), is queued again; a trial that failed with an error is not
+    interrupted = study.ask({"training.learning_rate": optuna.distributions.CategoricalDistribution([0.1, 0.2])})
+    assert interrupted.number == retry[0].number and interrupted.params == gone.params  # ask() takes the queued trial
+    study.tell(interrupted, state=TrialState.FAIL)
+    errored = study.ask({"training.learning_rate": optuna.distributions.CategoricalDistribution([0.1, 0.2])})
+    errored.set_user_attr("error", "spec.yaml:3:1 training.learning_rate: must be > 0")
+    study.tell(errored, state=TrialState.FAIL)
+    assert recover_dead_trials(study) == [interrupted.number]
+    again = study.get_trials(states=(TrialState.WAITING,))
+    assert len(again) == 1 and again[0].system_attrs["retry_history"] == [gone.number, interrupted.number]
+    assert again[0].params == gone.params and recover_dead_trials(study) == []
 
 
 # --------------------------------------------------------------------------------------------- tiny-model sweeps

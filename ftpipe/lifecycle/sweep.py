@@ -275,19 +275,19 @@ def _process_start(pid: int) -> str | None:
 
 
 def recover_dead_trials(study: Any) -> list[int]:
-    """Fail and queue again the running trials of this machine whose worker process is gone.
+    """Queue again, with the same parameters, every trial that ended without a result or an error.
 
     A killed sweep's trial stays RUNNING in the database; on this host its worker is known dead at
-    once (on other hosts Optuna's heartbeat does the same after its grace period). The retry keeps
-    the trial's parameters, so its run folder, an interrupted run of the same spec, is resumed.
+    once from its recorded pid (on other hosts Optuna's heartbeat fails it after its grace period),
+    and it is marked failed. A trial interrupted with Ctrl-C is failed without an error. Each such
+    trial is queued again once (at most 3 times in a row); its run folder, an interrupted run of
+    the same spec, then resumes. Trials that failed with an error (a bad value, say) are not retried.
 
     Returns:
-        The numbers of the trials failed and queued again.
+        The numbers of the trials queued again.
     """
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
-    recovered = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = trial.user_attrs
         if attrs.get("host") != platform.node() or "pid" not in attrs:
@@ -295,13 +295,28 @@ def recover_dead_trials(study: Any) -> list[int]:
         if _pid_alive(int(attrs["pid"]), attrs.get("process_start")):
             continue
         try:
-            if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                RetryHeartbeatStaleTrialCallback(max_retry=3)(study, study._storage.get_trial(trial._trial_id))
-                recovered.append(trial.number)
-        except Exception:  # another worker failed it first  # noqa: BLE001
+            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        except Exception:  # noqa: BLE001 - another worker failed it first
             continue
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    recovered = []
+    for trial in trials:
+        if trial.state != TrialState.FAIL or "error" in trial.user_attrs or trial.number in retried:
+            continue
+        history = [*trial.system_attrs.get("retry_history", []), trial.number]
+        if len(history) > 3:
+            continue
+        import optuna
+
+        system = {k: v for k, v in trial.system_attrs.items() if k not in ("failed_trial", "retry_history")}
+        system.update({"failed_trial": history[0], "retry_history": history})
+        study.add_trial(optuna.create_trial(state=TrialState.WAITING, params=trial.params,
+                                            distributions=trial.distributions, system_attrs=system))
+        recovered.append(trial.number)
     if recovered:
-        console.log(f"sweep: trial(s) {', '.join(map(str, recovered))} lost their worker; queued again with the same parameters")
+        console.log(f"sweep: trial(s) {', '.join(map(str, recovered))} ended without a result; "
+                    "queued again with the same parameters")
     return recovered
 
 
@@ -390,8 +405,8 @@ def run_sweep(spec_path: Path, params: list[str] | None = None, overrides: list[
 
         try:
             result = run_pipeline(Path(spec_path), trial_set, root, promote=False, lock_wait_s=_LOCK_WAIT_S)
-        except FtpipeError as e:
-            trial.set_user_attr("error", e.one_line())
+        except Exception as e:  # recorded, and the sweep moves on; Ctrl-C and kills are retried instead
+            trial.set_user_attr("error", e.one_line() if isinstance(e, FtpipeError) else f"{type(e).__name__}: {e}")
             raise
         trial.set_user_attr("run_dir", str(result.run_dir.resolve()))
         trial.set_user_attr("run_id", result.run_dir.name)
@@ -410,7 +425,7 @@ def run_sweep(spec_path: Path, params: list[str] | None = None, overrides: list[
         if c["waiting"] == 0 and (c["complete"] + c["errored"] + c["running"] >= budget
                                   or (kind == "grid" and _grid_done(study, space))):
             break
-        study.optimize(objective, n_trials=1, catch=(FtpipeError,))
+        study.optimize(objective, n_trials=1, catch=(Exception,))
     report = sweep_report(study, loaded, max_forgetting if max_forgetting is not None else section.max_forgetting)
     report.update({"study": name, "storage": url if storage or section.storage else str(folder / "optuna.db"),
                    "sampler": kind, "budget": budget})
