@@ -62,3 +62,32 @@ def evaluate(run: str | Path, runs_dir: str | Path | None = None) -> dict:
         The new report (report.json's content).
     """
     return reevaluate(str(run), Path(runs_dir) if runs_dir else None)
+
+
+def evaluate_model(spec: str | Path, model: str | Path, overrides: list[str] | None = None, base: str | None = None,
+                   runs_dir: str | Path | None = None):
+    """`ftpipe evaluate SPEC --model PATH`: the base-versus-tuned report for a model trained anywhere.
+
+    Returns:
+        `EvaluationResult` (folder, report, gates_passed); a failed gate does not raise here.
+    """
+    from ftpipe.lifecycle.external import evaluate_model as _evaluate_model
+
+    return _evaluate_model(Path(spec), Path(model), overrides, base=base, root=Path(runs_dir) if runs_dir else None,
+                           fail_on_gates=False)
+
+
+def sweep(spec: str | Path, params: list[str] | None = None, overrides: list[str] | None = None,
+          runs_dir: str | Path | None = None, **options):
+    """`ftpipe sweep SPEC`: search spec fields for the setting that learns most without forgetting.
+
+    Args:
+        params: `--param` strings (`key=a,b` or ranges); `options` are `run_sweep`'s keyword arguments
+            (sampler, trials, storage, study_name, max_forgetting, promote_best, heartbeat_s).
+
+    Returns:
+        `SweepResult` (folder, report, promoted).
+    """
+    from ftpipe.lifecycle.sweep import run_sweep
+
+    return run_sweep(Path(spec), params, overrides, Path(runs_dir) if runs_dir else None, **options)

@@ -159,8 +159,43 @@ def run(spec: Path = typer.Argument(..., help="Pipeline spec YAML."), set_: Opti
             from ftpipe.evaluation import summary_table
 
             typer.echo(summary_table(result.report))
+            for t in result.report["tasks"]:
+                if t.get("diagnosis"):
+                    typer.echo(f"\n{t['diagnosis']['summary']}")
             typer.echo(f"\nreport: {result.run_dir / 'report.md'}")
         typer.echo(f"run: {result.run_dir}")
+
+    _guard(body)
+
+
+@app.command()
+def sweep(spec: Path = typer.Argument(..., help="Pipeline spec YAML (its sweep: section gives the defaults)."),
+          param: Optional[list[str]] = typer.Option(None, "--param", help="A searched field: key=a,b,c (choices), "
+                                                    "key=low:high, key=log:low:high or key=int:low:high (repeatable)."),
+          sampler: Optional[str] = typer.Option(None, "--sampler", help="grid (default), tpe, nsga2 or random."),
+          trials: Optional[int] = typer.Option(None, "--trials", help="Trial budget of the whole sweep (grid: its size)."),
+          storage: Optional[str] = typer.Option(None, "--storage", help="Optuna database URL shared by workers "
+                                                "(default: SQLite in runs/<pipeline>/sweeps/<study>/)."),
+          study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the pipeline's)."),
+          max_forgetting: Optional[float] = typer.Option(None, "--max-forgetting", help="Forgetting tolerance of the "
+                                                         "recommendation (default: the spec's gates)."),
+          promote_best: bool = typer.Option(False, "--promote-best", help="Promote the recommended trial's run."),
+          heartbeat: int = typer.Option(60, "--heartbeat", help="Seconds between heartbeats of a running trial."),
+          set_: Optional[list[str]] = SetOption, runs_dir: Optional[Path] = RootOption) -> None:
+    """Search spec fields with Optuna for the setting that learns most without forgetting; resumable, shareable."""
+    from ftpipe.lifecycle.sweep import run_sweep
+
+    def body():
+        if sampler is not None and sampler not in ("grid", "tpe", "nsga2", "random"):
+            from ftpipe.errors import BadInputError
+
+            raise BadInputError(f"--sampler {sampler}: unknown", hint="choose grid, tpe, nsga2 or random")
+        result = run_sweep(spec, param or [], set_ or [], runs_dir, sampler=sampler, trials=trials, storage=storage,
+                           study_name=study, max_forgetting=max_forgetting, promote_best=promote_best, heartbeat_s=heartbeat)
+        typer.echo((result.folder / "sweep.md").read_text())
+        typer.echo(f"sweep report: {result.folder / 'sweep.md'}")
+        if result.promoted:
+            typer.echo(f"promoted {result.promoted.name}")
 
     _guard(body)
 
@@ -175,6 +210,32 @@ def eval_cmd(run_ref: str = typer.Argument(..., help="Run id or folder."), runs_
         from ftpipe.evaluation import summary_table
 
         typer.echo(summary_table(report))
+
+    _guard(body)
+
+
+@app.command()
+def evaluate(spec: Path = typer.Argument(..., help="Pipeline spec YAML: its tasks, probes, evaluation and gates."),
+             model: Path = typer.Option(..., "--model", help="A Hugging Face model folder, or a PEFT adapter folder."),
+             base: Optional[str] = typer.Option(None, "--base", help="The adapter's base model (default: the spec's)."),
+             set_: Optional[list[str]] = SetOption, runs_dir: Optional[Path] = RootOption) -> None:
+    """Base-versus-tuned report for a model trained anywhere; exit 3 when a spec gate fails (a CI gate)."""
+    from ftpipe.lifecycle.external import evaluate_model
+
+    def body():
+        from ftpipe.errors import EXIT_GATE_FAILED
+        from ftpipe.evaluation import summary_table
+
+        result = evaluate_model(spec, model, set_, base=base, root=runs_dir, fail_on_gates=False)
+        typer.echo(summary_table(result.report))
+        for t in result.report["tasks"]:
+            if t.get("diagnosis"):
+                typer.echo(f"\n{t['diagnosis']['summary']}")
+        typer.echo(f"\nreport: {result.folder / 'report.md'}")
+        if result.gates_passed is False:
+            typer.echo(f"gates FAILED: {result.report['gates']['promotion'].removeprefix('not promoted: ')}", err=True)
+            return EXIT_GATE_FAILED
+        return 0
 
     _guard(body)
 

@@ -37,6 +37,7 @@ class TaskData:
     train: list[dict] = field(default_factory=list)  # {prompt, target, user_message, row_id}
     validation: list[dict] = field(default_factory=list)
     eval_items: list[EvalItem] = field(default_factory=list)
+    spare_items: list[EvalItem] = field(default_factory=list)  # held-out rows not evaluated: recovery-probe examples
     skipped_rows: int = 0
     skipped_reasons: dict[str, int] = field(default_factory=dict)  # reason -> rows skipped under bad_rows: skip
     duplicate_rows: int = 0  # rows identical to an earlier row of the same file, kept once

@@ -12,18 +12,19 @@ import hashlib
 import json
 import random
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from ftpipe.data.items import SPLIT_CODES, EvalItem, PreparedData, TaskData
-from ftpipe.data.leakage import check_leakage
+from ftpipe.data.leakage import check_leakage, find_leaks, normalize_for_leakage
 from ftpipe.data.mixing import mixture_counts, mixture_report, take_rows
 from ftpipe.data.rendering import Renderer, count_tokens
 from ftpipe.data.sources import Row, detect_format, hub_revision, read_records, read_source, records_of
 from ftpipe.data.splits import row_identity, split_of
-from ftpipe.data.templates import task_fields
+from ftpipe.data.templates import render, task_fields
 from ftpipe.errors import DataError
 from ftpipe.files import sha256_file
-from ftpipe.spec import LoadedSpec, PipelineSpec, TaskSpec
+from ftpipe.spec import LoadedSpec, PipelineSpec, SourceSpec, TaskSpec
 
 
 def _read_task(loaded: LoadedSpec, task: TaskSpec) -> dict[str, list[Row]]:
@@ -122,6 +123,9 @@ def _prepare_task(loaded: LoadedSpec, task: TaskSpec, role: str, tokenizer: Any,
         pool = sorted(assigned["test"], key=lambda x: x[0])  # id order = a deterministic random sample
         cap = task.max_items or spec.evaluation.max_items
         data.eval_items = [renderer.eval_item(row, rid[:12]) for rid, row in pool[:cap]]
+        if role == "held_out":  # examples for the forgetting diagnosis's recovery probe, never scored themselves
+            k = spec.evaluation.diagnosis.k
+            data.spare_items = [renderer.eval_item(row, rid[:12]) for rid, row in pool[cap:cap + k]]
         if not data.eval_items:
             raise DataError(f"task {task.name}: no evaluation items", hint="add rows or raise data.test_fraction")
     if role in ("target", "replay") and not data.train:
@@ -159,7 +163,92 @@ def prepare_for_base_model(loaded: LoadedSpec, base_path: str) -> PreparedData:
     """`prepare_data` with the tokenizer and context length of a local base model folder."""
     from ftpipe.models import context_length
 
-    return prepare_data(loaded, load_tokenizer(base_path), context_length(base_path))
+    tokenizer = load_tokenizer(base_path)
+    replay_file = None
+    if loaded.spec.data.replay and loaded.spec.data.replay.self_generated:
+        replay_file = self_replay_path(base_path, self_replay_prompts(loaded, tokenizer, context_length(base_path)),
+                                       loaded.spec.data.replay.self_generated)
+    return prepare_data(loaded, tokenizer, context_length(base_path), self_replay_file=replay_file)
+
+
+# --------------------------------------------------------------------------------------------
+# Self-generated replay: the base model's own answers to a prompt pool (issue 14)
+# --------------------------------------------------------------------------------------------
+
+SELF_REPLAY_VERSION = 1  # bump when the meaning of a generated replay file changes
+
+
+def self_replay_prompts(loaded: LoadedSpec, tokenizer: Any, context_length: int) -> list[dict]:
+    """The pool's prompts, rendered as the model sees them: [{prompt_id, prompt, user}], in pool order.
+
+    The pool is refused (DataError, whatever data.leakage.action says) when any of its prompts is
+    also an evaluated item of a target or held-out task, exactly or as a near duplicate: replaying
+    the base model's answers to the probes would hide the very forgetting they measure.
+    """
+    spec = loaded.spec
+    sg = spec.data.replay.self_generated
+    task = sg.pool_task()
+    renderer = Renderer(tokenizer, task)
+    rows, seen = [], set()
+    for origin, records in _read_task(loaded, task).items():
+        for line, raw in records:
+            row = _map_fields(raw, task)
+            problem = renderer.problem(row)
+            if problem:
+                raise DataError(f"{_source_name(task, origin)} line {line}: {problem[1]} (data.replay.self_generated pool)",
+                                hint="fix the row, or point self_generated.source at another prompt pool")
+            user = render(task.prompt, row)
+            if normalize_for_leakage(user) in seen:
+                continue
+            seen.add(normalize_for_leakage(user))
+            rows.append({"prompt_id": hashlib.sha256(user.encode()).hexdigest()[:16], "prompt": renderer.wrap(user),
+                         "user": user, "content": renderer.content(row)})
+            if len(rows) >= sg.max_prompts:
+                break
+        if len(rows) >= sg.max_prompts:
+            break
+    if not rows:
+        raise DataError(f"data.replay.self_generated: the prompt pool {_source_name(task, 'all')} has no rows",
+                        hint="point source at a file of general prompts")
+    max_total = min(spec.training.max_sequence_length or context_length, context_length)
+    evaluated = [t for t in spec.tasks] + list(spec.evaluation.held_out)
+    items: list[tuple[str, str]] = []
+    for t in evaluated:
+        data = _prepare_task(loaded, t, "target" if t in spec.tasks else "held_out", tokenizer, max_total)
+        items += [(t.name, i.content) for i in data.eval_items if i.content]
+    _refuse_pool_leaks([r["content"] for r in rows], items, spec)
+    return rows
+
+
+def _refuse_pool_leaks(pool: list[str], items: list[tuple[str, str]], spec: PipelineSpec) -> None:
+    cfg = spec.data.leakage
+    leaks = find_leaks(pool, [text for _, text in items], cfg.ngram, cfg.near_duplicate_threshold)
+    if leaks:
+        by_task: dict[str, int] = {}
+        for leak in leaks:
+            by_task[items[leak["index"]][0]] = by_task.get(items[leak["index"]][0], 0) + 1
+        first = items[leaks[0]["index"]]
+        raise DataError(f"data.replay.self_generated: the prompt pool overlaps evaluated items "
+                        f"({', '.join(f'{t}: {n}' for t, n in sorted(by_task.items()))}); e.g. [{first[0]}] {first[1][:80]!r}",
+                        hint="self-generated replay needs a pool of general prompts that are never evaluated; "
+                             "remove those prompts or name another source")
+
+
+def self_replay_key(base_path: str, prompts: list[dict], sg: Any) -> str:
+    """Cache identity of a generated replay file: the model's fingerprint, the exact prompts, the generation length."""
+    from ftpipe.models import model_fingerprint
+
+    blob = json.dumps({"v": SELF_REPLAY_VERSION, "model": model_fingerprint(base_path),
+                       "prompts": hashlib.sha256("\x00".join(p["prompt"] for p in prompts).encode()).hexdigest(),
+                       "max_new_tokens": sg.max_new_tokens}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def self_replay_path(base_path: str, prompts: list[dict], sg: Any) -> Path:
+    """Where the generated replay rows of this model and prompt set are cached ($FTPIPE_HOME/cache/replay)."""
+    from ftpipe.paths import cache_dir
+
+    return cache_dir() / "replay" / f"{self_replay_key(base_path, prompts, sg)}.jsonl"
 
 
 def load_tokenizer(model_path: str) -> Any:
@@ -169,13 +258,14 @@ def load_tokenizer(model_path: str) -> Any:
     return AutoTokenizer.from_pretrained(model_path)
 
 
-def prepare_data(loaded: LoadedSpec, tokenizer: Any, context_length: int) -> PreparedData:
+def prepare_data(loaded: LoadedSpec, tokenizer: Any, context_length: int, self_replay_file: Path | None = None) -> PreparedData:
     """Turn a validated spec into training rows and evaluation items, or raise DataError.
 
     Args:
         loaded: The validated spec and its location.
         tokenizer: The base model's tokenizer.
         context_length: The base model's context; rows longer than this (or the spec's cap) are bad rows.
+        self_replay_file: The generated replay rows of `data.replay.self_generated` (`self_replay_path`).
     """
     spec = loaded.spec
     max_total = min(spec.training.max_sequence_length or context_length, context_length)
@@ -184,8 +274,10 @@ def prepare_data(loaded: LoadedSpec, tokenizer: Any, context_length: int) -> Pre
         tasks[task.name] = _prepare_task(loaded, task, "target", tokenizer, max_total)
     for task in spec.evaluation.held_out:
         tasks[task.name] = _prepare_task(loaded, task, "held_out", tokenizer, max_total)
-    if spec.data.replay:
+    if spec.data.replay and spec.data.replay.task:
         tasks[spec.data.replay.task.name] = _prepare_task(loaded, spec.data.replay.task, "replay", tokenizer, max_total)
+    elif spec.data.replay:
+        tasks[spec.data.replay.self_generated.name] = _self_replay_task(loaded, tokenizer, max_total, self_replay_file, tasks)
 
     rng = random.Random(spec.training.seed)
     targets = [t for t in tasks.values() if t.role == "target"]
@@ -196,7 +288,7 @@ def prepare_data(loaded: LoadedSpec, tokenizer: Any, context_length: int) -> Pre
         train_rows += [r | {"task": t.task.name, "split": "train"} for r in take_rows(t.train, counts[t.task.name], rng)]
         train_rows += [r | {"task": t.task.name, "split": "validation"} for r in t.validation]
     if spec.data.replay:
-        replay = tasks[spec.data.replay.task.name]
+        replay = tasks[spec.data.replay.replay_task().name]
         n_target = sum(counts.values())
         n_replay = max(1, round(n_target * spec.data.replay.share / (1 - spec.data.replay.share)))
         if replay.task.max_train_rows:  # the cap counts rows taken, repeats included
@@ -213,6 +305,22 @@ def prepare_data(loaded: LoadedSpec, tokenizer: Any, context_length: int) -> Pre
     input_hashes, fingerprint = data_fingerprint(loaded)
     return PreparedData(tasks=tasks, train_rows=train_rows, mixture=mixture, leakage=leakage, lengths=lengths,
                         fingerprint=fingerprint, input_hashes=input_hashes, few_shot=few_shot)
+
+
+def _self_replay_task(loaded: LoadedSpec, tokenizer: Any, max_total: int, path: Path | None,
+                      tasks: dict[str, TaskData]) -> TaskData:
+    """The generated replay rows as a replay task; refused when the pool overlaps anything evaluated."""
+    replay = loaded.spec.data.replay
+    if path is None or not path.is_file():
+        raise DataError("data.replay.self_generated: the base model's answers have not been generated yet"
+                        + (f" ({path} is missing)" if path else ""),
+                        hint="`ftpipe run` generates them before preparing data; from Python call "
+                             "ftpipe.lifecycle.replay.ensure_self_generated_replay first")
+    task = replay.replay_task().model_copy(update={"source": SourceSpec(path=str(path), format="jsonl")})
+    data = _prepare_task(loaded, task, "replay", tokenizer, max_total)
+    items = [(name, i.content) for name, t in tasks.items() for i in t.eval_items if i.content]
+    _refuse_pool_leaks([row["content"] for row in data.train], items, loaded.spec)  # content: the pool prompt
+    return data
 
 
 def _check_enough_items(spec: PipelineSpec, tasks: dict[str, TaskData]) -> None:
@@ -250,7 +358,9 @@ def data_fingerprint(loaded: LoadedSpec) -> tuple[dict[str, str], str]:
 
 def _input_hashes(loaded: LoadedSpec) -> dict[str, str]:
     hashes: dict[str, str] = {}
-    for task in loaded.spec.all_tasks():
+    replay = loaded.spec.data.replay
+    pool = [replay.self_generated.pool_task()] if replay and replay.self_generated else []
+    for task in [*loaded.spec.all_tasks(), *pool]:
         src = task.source
         if src.hub:
             hashes[f"{task.name}:hub:{src.hub}"] = hub_revision(src.hub, src.split)

@@ -40,8 +40,11 @@ def reference_problems(loaded: LoadedSpec) -> list[str]:
     problems += _check_base_model(spec.base_model, loaded, where(("base_model",)), KNOWN_MODELS)
     task_locs = [("tasks", i) for i in range(len(spec.tasks))]
     task_locs += [("evaluation", "held_out", i) for i in range(len(spec.evaluation.held_out))]
-    task_locs += [("data", "replay", "task")] if spec.data.replay else []
-    for task, tloc in zip(spec.all_tasks(), task_locs):
+    task_locs += [("data", "replay", "task")] if spec.data.replay and spec.data.replay.task else []
+    checked = list(zip(spec.all_tasks(), task_locs))
+    if spec.data.replay and spec.data.replay.self_generated:  # its prompt pool: a file with the prompt's columns
+        checked.append((spec.data.replay.self_generated.pool_task(), ("data", "replay", "self_generated")))
+    for task, tloc in checked:
         src = task.source
         for key in ("path", "train", "validation", "test"):
             value = getattr(src, key)

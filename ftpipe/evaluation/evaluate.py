@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from ftpipe import console, faults
@@ -64,8 +65,12 @@ def _score_all(model: Any, prepared: PreparedData, spec: PipelineSpec, use_cache
 
 
 def _scored(model_spec, prepared: PreparedData, spec: PipelineSpec, *, label: str, use_cache: bool,
-            few_shot: bool = False) -> tuple[dict[str, TaskScores], dict[str, TaskScores], str]:
-    """Load one model, score it (and its few-shot baseline), free it: (scores, few-shot scores, fingerprint)."""
+            few_shot: bool = False, with_model: Callable[[Any, dict[str, TaskScores]], None] | None = None,
+            ) -> tuple[dict[str, TaskScores], dict[str, TaskScores], str]:
+    """Load one model, score it (and its few-shot baseline), free it: (scores, few-shot scores, fingerprint).
+
+    `with_model(model, scores)` runs before the model is freed (the forgetting diagnosis reuses it).
+    """
     import gc
 
     from ftpipe.evaluation.generation import load_model
@@ -80,38 +85,49 @@ def _scored(model_spec, prepared: PreparedData, spec: PipelineSpec, *, label: st
                        for t in prepared.eval_tasks() if t.role == "target"}
         few = _score_all(model, prepared, spec, use_cache=use_cache, prompt_sets=prompt_sets, label="few-shot",
                          roles=("target",))
+    if with_model is not None:
+        with_model(model, scores)
     fingerprint = model.fingerprint()
     del model
     gc.collect()
     return scores, few, fingerprint
 
 
-def evaluate_run(run_dir: Path, *, loaded: LoadedSpec, prepared: PreparedData, base_path: str, device: str) -> dict:
+def evaluate_run(run_dir: Path, *, loaded: LoadedSpec, prepared: PreparedData, base_path: str, device: str,
+                 tuned: Any = None) -> dict:
     """Score base and tuned models on every evaluation task, compare them, write predictions and the report.
 
     For QLoRA the tuned model runs on 4-bit (or 8-bit) base weights, so it is compared with the base
     quantized the same way; the full-precision base is scored too, and the difference between the
-    two bases is reported as the cost of quantization, never as forgetting.
+    two bases is reported as the cost of quantization, never as forgetting. Every held-out
+    generation task that the tuned model forgot gets a diagnosis (`ftpipe.evaluation.diagnosis`).
+
+    Args:
+        tuned: The tuned model's `ModelSpec` when it is not the run folder's own (`ftpipe evaluate --model`).
     """
     from ftpipe.evaluation.generation import ModelSpec
     from ftpipe.evaluation.report import write_report
 
     spec = loaded.spec
     quant = quantization_of(spec)
+    diagnosis = _Diagnosis(prepared, spec)
     full_scores, few_shot_scores, full_fp = _scored(ModelSpec(base_path=base_path, device=device), prepared, spec,
-                                                    label="base", use_cache=True, few_shot=quant is None)
+                                                    label="base", use_cache=True, few_shot=quant is None,
+                                                    with_model=diagnosis.on_base if quant is None else None)
     base_scores, fingerprints = full_scores, {"base": full_fp}
     if quant is not None:
         base_scores, few_shot_scores, quant_fp = _scored(
             ModelSpec(base_path=base_path, quantization=quant, device=device), prepared, spec,
-            label="quantized base", use_cache=True, few_shot=True)
+            label="quantized base", use_cache=True, few_shot=True, with_model=diagnosis.on_base)
         fingerprints = {"base": quant_fp, "base_full_precision": full_fp}
     faults.point("evaluate")
-    tuned_scores, _, fingerprints["tuned"] = _scored(tuned_model_spec(run_dir, spec, base_path, device), prepared, spec,
-                                                     label="tuned", use_cache=False)
+    diagnosis.base_scores = base_scores
+    tuned_scores, _, fingerprints["tuned"] = _scored(tuned or tuned_model_spec(run_dir, spec, base_path, device), prepared,
+                                                     spec, label="tuned", use_cache=False, with_model=diagnosis.on_tuned)
 
     comparisons = [compare_task(d.task, d.role, d.eval_items, base_scores[d.task.name], tuned_scores[d.task.name], spec,
                                 few_shot_scores.get(d.task.name)) for d in prepared.eval_tasks()]
+    diagnosis.attach(run_dir, comparisons, tuned_scores)
     if quant is not None:
         for entry in comparisons:
             full = full_scores[entry["task"]].value()
@@ -131,6 +147,62 @@ def evaluate_run(run_dir: Path, *, loaded: LoadedSpec, prepared: PreparedData, b
                                                  for c in comparisons})
     write_report(run_dir, report)
     return report
+
+
+class _Diagnosis:
+    """The forgetting diagnosis's model passes, run while each model is loaded anyway."""
+
+    def __init__(self, prepared: PreparedData, spec: PipelineSpec):
+        from ftpipe.evaluation.diagnosis import DIAGNOSED_KINDS
+
+        self.spec, self.prepared = spec, prepared
+        on = spec.evaluation.diagnosis.enabled
+        self.tasks = [d for d in prepared.eval_tasks() if on and d.role == "held_out" and d.task.kind in DIAGNOSED_KINDS
+                      and len(d.eval_items) >= 2]
+        self.base_ev: dict = {}
+        self.tuned_ev: dict = {}
+        self.recovered: dict = {}
+        self.base_scores: dict[str, TaskScores] = {}
+
+    def on_base(self, model: Any, scores: dict[str, TaskScores]) -> None:
+        from ftpipe.evaluation.diagnosis import base_evidence
+
+        for data in self.tasks:  # cached with the base scores: once per base model and item set
+            self.base_ev[data.task.name] = base_evidence(model, data, self.spec)
+
+    def on_tuned(self, model: Any, scores: dict[str, TaskScores]) -> None:
+        from ftpipe.evaluation.diagnosis import candidate_sets, recovery_scores, reference_evidence
+
+        for data in self.tasks:
+            name = data.task.name
+            entry = compare_task(data.task, "held_out", data.eval_items, self.base_scores[name], scores[name], self.spec)
+            if entry["verdict"] != "forgot" and not self.spec.evaluation.diagnosis.always:
+                continue
+            console.log(f"  diagnosing the drop on {name}: reference likelihoods and a {self.spec.evaluation.diagnosis.k}-shot "
+                        "recovery probe")
+            cands = self.base_ev[name].candidates or candidate_sets(data.eval_items, self.spec.evaluation.diagnosis.candidates)
+            self.tuned_ev[name] = reference_evidence(model, data.eval_items, cands, self.spec.evaluation.batch_size)
+            self.recovered[name] = recovery_scores(model, data, self.spec)
+
+    def attach(self, run_dir: Path, comparisons: list[dict], tuned_scores: dict[str, TaskScores]) -> None:
+        """Add each diagnosis to its task's comparison and write the per-item evidence to diagnosis/<task>.jsonl."""
+        from ftpipe.evaluation.diagnosis import diagnose_task
+
+        by_name = {d.task.name: d for d in self.tasks}
+        targets = [r["target"] for r in self.prepared.train_rows if r.get("task") in {t.name for t in self.spec.tasks}]
+        for entry in comparisons:
+            name = entry["task"]
+            if name not in self.recovered:
+                continue
+            data = by_name[name]
+            recovered, source = self.recovered[name]
+            entry["diagnosis"], rows = diagnose_task(data.task, data.eval_items, self.base_scores[name], tuned_scores[name],
+                                                     recovered, self.base_ev[name], self.tuned_ev[name], self.spec,
+                                                     targets, source, forgot=entry["verdict"] == "forgot")
+            folder = run_dir / "diagnosis"
+            folder.mkdir(exist_ok=True)
+            write_text_atomic(folder / f"{name}.jsonl", "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
+            console.log(f"  {entry['diagnosis']['summary']}")
 
 
 def build_report(spec: PipelineSpec, run_id: str, comparisons: list[dict], curves: dict, prepared: PreparedData,

@@ -108,6 +108,7 @@ def render_markdown(report: dict) -> str:
         for task, m in (report.get("mixture") or {}).items():
             out.append(f"- training mixture {task}: {m['rows']} rows ({m['row_share']:.0%}), {m['tokens']} tokens ({m['token_share']:.0%})")
         out.append("")
+    out += diagnosis_markdown(report)
     flipped = [(t["task"], f) for t in report["tasks"] for f in t.get("flipped", [])]
     if flipped:
         out += ["## Items that flipped from right to wrong", ""]
@@ -116,6 +117,34 @@ def render_markdown(report: dict) -> str:
                        f"base `{f.get('base', '')[:80]!r}` -> tuned `{f.get('tuned', '')[:80]!r}`")
         out.append("")
     return "\n".join(out)
+
+
+def diagnosis_markdown(report: dict) -> list[str]:
+    """The forgetting diagnosis section: per forgotten held-out task, the verdict and its evidence with CIs."""
+    diagnosed = [t["diagnosis"] for t in report["tasks"] if t.get("diagnosis")]
+    if not diagnosed:
+        return []
+    out = ["## Forgetting diagnosis: knowledge lost, or format drifted?", "",
+           "For each held-out task that dropped: the reference answer's likelihood under base and tuned (and its rank "
+           "among the task's other answers, which share its format), and a recovery probe that asks the tuned model again "
+           "with k in-format examples. Knowledge is kept when the reference is not significantly less preferred and the "
+           "probe brings the score back to the base's CI; lost when neither holds. Per-item evidence: `diagnosis/<task>.jsonl`.",
+           ""]
+    for d in diagnosed:
+        out += [f"- {d['summary']}"]
+    out += ["", "| task | verdict | reference top-1 base -> tuned [CI of delta] | log-lik/token delta [CI] | "
+                "base [CI] | tuned | k-shot tuned | words base -> tuned |", "|---|---|---|---|---|---|---|---|"]
+    for d in diagnosed:
+        top = d.get("reference_top1")
+        top_s = (f"{top['base']:.2f} -> {top['tuned']:.2f} [{top['ci_low']:+.2f}, {top['ci_high']:+.2f}]" if top else "n/a")
+        ll = d["reference_ll_per_token"]
+        b = d["base_score"]
+        ch = d["output_changes"]
+        out.append(f"| {d['task']} | **{d['verdict']}** | {top_s} | {ll['delta']:+.2f} [{ll['ci_low']:+.2f}, {ll['ci_high']:+.2f}] | "
+                   f"{b['value']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}] | {d['tuned_score']:.3f} | "
+                   f"{d['recovered_score']['value']:.3f} | {ch['base']['mean_words']:.1f} -> {ch['tuned']['mean_words']:.1f} |")
+    out.append("")
+    return out
 
 
 def render_charts(report: dict, folder: Path) -> list[Path]:

@@ -192,3 +192,81 @@ def forgetting(base: float, tuned: float, higher_is_better: bool = True) -> floa
         return None
     loss = base - tuned if higher_is_better else tuned - base
     return loss / abs(base)
+
+
+def bootstrap_mean_ci(
+    values: Sequence[float],
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Mean of one sample with a percentile bootstrap confidence interval (e.g. one model's score on a task).
+
+    Args:
+        values: Per-item values.
+        confidence: Confidence level of the interval.
+        n_resamples: Number of bootstrap resamples.
+        seed: Seed of the resampling.
+
+    Returns:
+        ``(mean, low, high)``; the interval collapses to the mean when all values are equal.
+
+    Raises:
+        ValueError: When ``values`` is empty or holds NaN.
+    """
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 1 or v.size == 0:
+        raise ValueError("need a non-empty list of values")
+    if np.isnan(v).any():
+        raise ValueError("values contain NaN")
+    mean = float(v.mean())
+    if np.ptp(v) == 0:
+        return mean, mean, mean
+    result = stats.bootstrap((v,), np.mean, n_resamples=n_resamples, batch=_BOOTSTRAP_BATCH,
+                             confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
+    return mean, float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def stratified_bootstrap_mean_delta_ci(
+    groups: Sequence[tuple[Sequence[float], Sequence[float]]],
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Mean over groups of each group's mean paired delta (tuned - base), with a stratified bootstrap CI.
+
+    Each group is one task scored on its own items: items are resampled within their group,
+    keeping each item's two scores together, and the statistic (the unweighted mean of the
+    groups' mean deltas) is recomputed on every resample. A sweep's "learning" is this number
+    over the target tasks.
+
+    Args:
+        groups: Per group, (base scores, tuned scores) of the same items in the same order.
+
+    Returns:
+        ``(mean of mean deltas, low, high)``.
+
+    Raises:
+        ValueError: No groups, or a group that is empty or unpaired.
+    """
+    if not groups:
+        raise ValueError("need at least one group")
+    rng = np.random.default_rng(seed)
+    point, draws = 0.0, np.zeros(n_resamples)
+    for base, tuned in groups:
+        b, t = np.asarray(base, dtype=float), np.asarray(tuned, dtype=float)
+        if b.shape != t.shape or b.size == 0:
+            raise ValueError("every group needs equally long, non-empty score lists")
+        d = t - b
+        point += float(d.mean())
+        for start in range(0, n_resamples, _BOOTSTRAP_BATCH):
+            k = min(_BOOTSTRAP_BATCH, n_resamples - start)
+            draws[start:start + k] += d[rng.integers(0, d.size, size=(k, d.size))].mean(axis=1)
+    n = len(groups)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(draws / n, [alpha, 1 - alpha])
+    return point / n, float(min(low, point / n)), float(max(high, point / n))

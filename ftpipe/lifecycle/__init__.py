@@ -3,7 +3,8 @@
 Public entry point: `run_pipeline(spec_path, ...)`. Modules: `pipeline` (the orchestration, one
 call per stage), `runs` (run folders, manifest, lock, promoted pointer), `gates`, `promotion`
 (promote and roll back by hand), `history` (SQLite record of runs and promotions), `rerun`
-(`ftpipe eval`), `export` and `join` (multi-machine runs).
+(`ftpipe eval`), `export` and `join` (multi-machine runs), `external` (`ftpipe evaluate --model`),
+`sweep` (`ftpipe sweep`) and `replay` (self-generated replay rows).
 """
 
 from ftpipe.lifecycle.export import export_run

@@ -20,6 +20,7 @@ from ftpipe.data import eval_items_as_dicts, prepare_for_base_model, training_fr
 from ftpipe.errors import FtpipeError, GateFailedError, StorageError
 from ftpipe.files import write_json_atomic, write_text_atomic
 from ftpipe.lifecycle import history
+from ftpipe.lifecycle.replay import ensure_self_generated_replay
 from ftpipe.lifecycle.runs import (
     Manifest,
     PipelineLock,
@@ -50,7 +51,8 @@ class RunResult:
 
 
 def run_pipeline(spec_path: Path, overrides: list[str] | None = None, root: Path | None = None,
-                 evaluate: bool = True, if_changed: bool = False) -> RunResult:
+                 evaluate: bool = True, if_changed: bool = False, promote: bool = True,
+                 lock_wait_s: float = 0.0) -> RunResult:
     """Run a whole pipeline; resume the newest killed run of the same spec if there is one.
 
     Args:
@@ -59,6 +61,9 @@ def run_pipeline(spec_path: Path, overrides: list[str] | None = None, root: Path
         root: Root of run folders.
         evaluate: Evaluate (and apply gates) after training.
         if_changed: Do nothing when spec and data equal those of the last successful run.
+        promote: Promote the run when its gates pass (False for sweep trials: the gates are judged and
+            recorded, a failed gate raises nothing, and nothing is promoted).
+        lock_wait_s: Seconds to wait for the pipeline's lock (sweep workers sharing a runs root take turns).
 
     Raises:
         GateFailedError: the tuned model failed a quality gate (exit code 3); it was not promoted.
@@ -67,13 +72,13 @@ def run_pipeline(spec_path: Path, overrides: list[str] | None = None, root: Path
     spec = loaded.spec
     root = root or runs_root()
     lock = PipelineLock(pipeline_dir(spec.name, root))
-    lock.acquire(f"{spec.name} from {spec_path}")
+    lock.acquire(f"{spec.name} from {spec_path}", wait_s=lock_wait_s)
     try:
         if if_changed:
             unchanged = _unchanged_since(loaded, root)
             if unchanged is not None:
                 return RunResult(None, None, None, skipped=f"unchanged since run {unchanged}: spec and data are the same")
-        return _run_locked(loaded, root, evaluate)
+        return _run_locked(loaded, root, evaluate, promote)
     finally:
         lock.release()
 
@@ -89,7 +94,7 @@ def _unchanged_since(loaded: LoadedSpec, root: Path) -> str | None:
     return None
 
 
-def _run_locked(loaded: LoadedSpec, root: Path, evaluate: bool) -> RunResult:
+def _run_locked(loaded: LoadedSpec, root: Path, evaluate: bool, promote: bool = True) -> RunResult:
     from ftpipe.data import data_fingerprint
     from ftpipe.lifecycle.promotion import reconcile
     from ftpipe.training import preflight, resolve_device
@@ -144,6 +149,8 @@ def _run_locked(loaded: LoadedSpec, root: Path, evaluate: bool) -> RunResult:
     console.log(f"run {manifest.run_id} {manifest.status}: {run_dir}")
     if report is None:
         console.log("not promoted: trained without evaluation (--no-eval); `ftpipe eval` judges it")
+    elif not promote:
+        console.log("not promoted: a sweep trial (the sweep's --promote-best decides)")
     else:
         _promote_or_refuse(run_dir, manifest, gates, loaded.spec.gates.on_failure_command)
     return RunResult(run_dir=run_dir, manifest=manifest, report=report)
@@ -206,6 +213,7 @@ def _stages(loaded: LoadedSpec, run_dir: Path, manifest: Manifest, base_path: st
     write_text_atomic(run_dir / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
 
     with console.stage("prepare data", timings):
+        ensure_self_generated_replay(loaded, base_path, device)  # issue 14: generated once per model and pool, cached
         prepared = prepare_for_base_model(loaded, base_path)
         write_json_atomic(run_dir / "data_summary.json", prepared.summary())
         write_json_atomic(run_dir / "eval_items.json", eval_items_as_dicts(prepared))
@@ -254,14 +262,18 @@ def run_summary(report: dict) -> dict:
             "gates_configured": gates.get("configured", False)}
 
 
-def judge_gates(loaded: LoadedSpec, run_dir: Path, report: dict) -> dict:
-    """The gates' verdict on an evaluated run, with its comparability to the promoted run; logged line by line."""
+def judge_gates(loaded: LoadedSpec, run_dir: Path, report: dict, root: Path | None = None) -> dict:
+    """The gates' verdict on an evaluated run, with its comparability to the promoted run; logged line by line.
+
+    Args:
+        root: Root of run folders holding the pipeline's promoted run (default: two levels above `run_dir`).
+    """
     from ftpipe.evaluation import compare_runs
     from ftpipe.lifecycle.gates import evaluate_gates
 
     gates = loaded.spec.gates
     regression, comparability = None, None
-    promoted = promoted_run(loaded.spec.name, run_dir.parent.parent)
+    promoted = promoted_run(loaded.spec.name, root or run_dir.parent.parent)
     if promoted is not None and promoted != run_dir:
         comparability = trained_on_promoted_test_items(run_dir, promoted)
         report["comparability"] = comparability

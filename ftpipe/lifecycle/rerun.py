@@ -11,6 +11,7 @@ from ftpipe.evaluation import evaluate_run, write_report
 from ftpipe.lifecycle import history
 from ftpipe.lifecycle.pipeline import judge_gates, run_summary
 from ftpipe.lifecycle.promotion import locked
+from ftpipe.lifecycle.replay import ensure_self_generated_replay
 from ftpipe.lifecycle.runs import find_run, load_manifest, now_iso, save_manifest
 from ftpipe.spec import LoadedSpec, load_resolved_spec
 from ftpipe.training import resolve_device
@@ -35,6 +36,7 @@ def reevaluate(run_ref: str, root: Path | None = None) -> dict:
     with locked(run_dir.parent, f"eval {manifest.run_id}"):
         loaded = load_run_spec(run_dir)
         base_path = manifest.base_model
+        ensure_self_generated_replay(loaded, base_path, resolve_device(loaded.spec.compute.device))
         prepared = prepare_for_base_model(loaded, base_path)
         if manifest.data_fingerprint and prepared.fingerprint != manifest.data_fingerprint:
             console.log("warning: the data changed since this run trained; evaluating on the current data")

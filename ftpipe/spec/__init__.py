@@ -18,6 +18,7 @@ from ftpipe.spec.schema import (
     AdaloraAdapter,
     ComputeSpec,
     DataSpec,
+    DiagnosisSpec,
     DistributedSpec,
     EvaluationSpec,
     FullAdapter,
@@ -31,7 +32,10 @@ from ftpipe.spec.schema import (
     PipelineSpec,
     QloraAdapter,
     ReplaySpec,
+    SelfGeneratedReplaySpec,
     SourceSpec,
+    SweepParam,
+    SweepSpec,
     TaskSpec,
     TrainingSpec,
 )
@@ -40,5 +44,5 @@ __all__ = [
     "load_spec", "load_resolved_spec", "LoadedSpec", "display_path", "parse_override", "project_root", "hidden_escape", "spec_json_schema",
     "spec_reference_markdown", "PipelineSpec", "TaskSpec", "SourceSpec", "DataSpec", "MixingSpec", "ReplaySpec",
     "LeakageSpec", "TrainingSpec", "GenerationSpec", "EvaluationSpec", "GatesSpec", "ComputeSpec",
-    "DistributedSpec", "FullAdapter", "LoraAdapter", "QloraAdapter", "Ia3Adapter", "LohaAdapter", "AdaloraAdapter",
+    "DistributedSpec", "DiagnosisSpec", "SelfGeneratedReplaySpec", "SweepParam", "SweepSpec", "FullAdapter", "LoraAdapter", "QloraAdapter", "Ia3Adapter", "LohaAdapter", "AdaloraAdapter",
 ]

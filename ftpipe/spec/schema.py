@@ -138,11 +138,59 @@ class MixingSpec(Section):
         return self
 
 
+class SelfGeneratedReplaySpec(Section):
+    """Replay rows written by the base model itself: its own answers to a pool of general prompts (issue 14).
+
+    Needs no extra data: the base model answers the prompts once (greedy, cached under
+    $FTPIPE_HOME/cache/replay by model fingerprint and prompt set), and training on its own answers
+    keeps its style. The pool must not overlap anything evaluated: the leakage check refuses it.
+    """
+
+    source: SourceSpec = Field(..., description="The prompt pool (a string is a file path), e.g. general instructions; "
+                                                "never the held-out probes.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _source_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("source"), str):
+            data = {**data, "source": {"path": data["source"]}}
+        return data
+    prompt: str = Field("{{ instruction }}", description="Jinja template of each prompt from a pool row.")
+    name: str = Field("self_replay", pattern=NAME_PATTERN, description="Task name of the replay rows in reports.")
+    chat_template: bool = Field(True, description="Wrap prompts in the base model's chat template.")
+    system_prompt: str | None = Field(None, description="System message for the chat template.")
+    max_prompts: int = Field(200, ge=1, le=100_000, description="Most prompts taken from the pool (in file order).")
+    max_new_tokens: int = Field(64, ge=1, le=4096, description="Length of each generated answer.")
+    batch_size: int = Field(16, ge=1, le=1024, description="Prompts per generation batch.")
+
+    def pool_task(self) -> TaskSpec:
+        """The prompt pool read as a task (its rows rendered with `prompt`; the answers come from the model)."""
+        return TaskSpec(name=self.name, source=self.source, kind="exact_match", prompt=self.prompt, target=self.prompt,
+                        chat_template=self.chat_template, system_prompt=self.system_prompt)
+
+
 class ReplaySpec(Section):
     """General instruction data mixed into training, the standard remedy for forgetting."""
 
-    task: TaskSpec = Field(..., description="A task whose rows are replayed (trained on, not evaluated).")
+    task: TaskSpec | None = Field(None, description="A task whose rows are replayed (trained on, not evaluated).")
+    self_generated: SelfGeneratedReplaySpec | None = Field(
+        None, description="Instead of task: the base model's own answers to a prompt pool become the replay rows.")
     share: float = Field(0.1, gt=0, lt=1, description="Share of the final training rows taken from replay data.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ReplaySpec:
+        if (self.task is None) == (self.self_generated is None):
+            raise ValueError("give exactly one of task or self_generated")
+        return self
+
+    def replay_task(self) -> TaskSpec:
+        """The task whose rows are replayed; for self_generated, rows {prompt, response} from the generated file."""
+        if self.task is not None:
+            return self.task
+        sg = self.self_generated
+        return TaskSpec(name=sg.name, source=SourceSpec(path="<self-generated>"), kind="exact_match",
+                        prompt="{{ prompt }}", target="{{ response }}", chat_template=sg.chat_template,
+                        system_prompt=sg.system_prompt, id_field="prompt_id")
 
 
 class LeakageSpec(Section):
@@ -264,6 +312,17 @@ class GenerationSpec(Section):
     stop: list[str] = Field(default_factory=list, description="Strings that end a generation early.")
 
 
+class DiagnosisSpec(Section):
+    """Forgetting diagnosis (issue 14): for each held-out generation task that dropped, knowledge lost or format drifted?"""
+
+    enabled: bool = Field(True, description="Diagnose every held-out generation task whose verdict is 'forgot'.")
+    always: bool = Field(False, description="Diagnose every held-out generation task, whatever its verdict.")
+    k: int = Field(3, ge=1, le=16, description="In-format examples of the held-out task shown to the tuned model "
+                                               "in the recovery probe (from its rows that are not evaluated).")
+    candidates: int = Field(4, ge=0, le=32, description="Other answers of the task the reference answer is ranked "
+                                                        "against by log-likelihood (0: log-likelihood only).")
+
+
 class EvaluationSpec(Section):
     """What the evaluator scores besides the target tasks' test splits."""
 
@@ -275,6 +334,7 @@ class EvaluationSpec(Section):
     batch_size: int = Field(16, ge=1, le=1024, description="Generation batch size.")
     bootstrap_resamples: int = Field(10_000, ge=100, le=1_000_000)
     confidence: float = Field(0.95, gt=0.5, lt=1)
+    diagnosis: DiagnosisSpec = Field(default_factory=DiagnosisSpec)
 
 
 class GatesSpec(Section):
@@ -333,6 +393,50 @@ class DistributedSpec(Section):
         return self.processes_per_node * self.nodes if self.strategy != "none" else 1
 
 
+class SweepParam(Section):
+    """One searched spec field: a list of choices, or a numeric range."""
+
+    choices: list[Any] | None = Field(None, description="Values to try (a grid needs these).")
+    low: float | None = Field(None, description="Range start (tpe, nsga2, random).")
+    high: float | None = Field(None, description="Range end, inclusive.")
+    log: bool = Field(False, description="Sample the range on a log scale.")
+    step: float | None = Field(None, gt=0, description="Step of the range.")
+    type: Literal["float", "int"] = Field("float", description="Value type of a range.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _list_shorthand(cls, data: Any) -> Any:
+        return {"choices": data} if isinstance(data, list) else data
+
+    @model_validator(mode="after")
+    def _choices_or_range(self) -> SweepParam:
+        has_range = self.low is not None or self.high is not None
+        if (self.choices is not None) == has_range:
+            raise ValueError("give choices (a list) or a range (low and high), not both or neither")
+        if self.choices is not None and not self.choices:
+            raise ValueError("choices is empty")
+        if has_range and (self.low is None or self.high is None or self.low > self.high):
+            raise ValueError("a range needs low <= high")
+        if self.log and has_range and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class SweepSpec(Section):
+    """`ftpipe sweep`: a search over spec fields driven by Optuna (issue 14); `ftpipe run` ignores this section."""
+
+    params: dict[str, SweepParam] = Field(default_factory=dict, description="Dotted spec field -> choices list or range "
+                                                                            "(e.g. training.learning_rate: [1e-4, 1e-3]).")
+    sampler: Literal["grid", "tpe", "nsga2", "random"] = Field(
+        "grid", description="grid: every combination of choices; tpe / nsga2: multi-objective search; random.")
+    trials: int | None = Field(None, ge=1, le=10_000, description="Trial budget of the whole sweep (grid: its size).")
+    study: str | None = Field(None, pattern=NAME_PATTERN, description="Study name (default: the pipeline's name).")
+    storage: str | None = Field(None, description="Optuna storage URL shared by workers (default: SQLite in the sweep folder).")
+    max_forgetting: float | None = Field(None, ge=0, description="Forgetting tolerance of the recommendation "
+                                                                 "(default: the spec's gates).")
+    seed: int = Field(0, description="Seed of the sampler.")
+
+
 class ComputeSpec(Section):
     """Where training and evaluation run."""
 
@@ -356,6 +460,7 @@ class PipelineSpec(Section):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     gates: GatesSpec = Field(default_factory=GatesSpec)
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
+    sweep: SweepSpec | None = Field(None, description="Search space of `ftpipe sweep` (not used by `ftpipe run`).")
 
     @model_validator(mode="after")
     def _method_fits_tasks(self) -> PipelineSpec:
@@ -394,7 +499,7 @@ class PipelineSpec(Section):
 
     def all_tasks(self) -> list[TaskSpec]:
         """Target tasks, held-out tasks and the replay task."""
-        replay = [self.data.replay.task] if self.data.replay else []
+        replay = [self.data.replay.task] if self.data.replay and self.data.replay.task else []
         return [*self.tasks, *self.evaluation.held_out, *replay]
 
 
