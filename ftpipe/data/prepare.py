@@ -15,6 +15,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ftpipe.data.items import SPLIT_CODES, EvalItem, PreparedData, TaskData
+from ftpipe.data.conversations import expansion_report
 from ftpipe.data.leakage import check_leakage
 from ftpipe.data.mixing import mixture_counts, mixture_report, take_rows
 from ftpipe.data.rendering import Renderer, count_tokens
@@ -43,6 +44,8 @@ def identity_columns(task: TaskSpec) -> list[str]:
     """The source columns a row's identity hashes: its `id_field`, else every column the task reads."""
     if task.id_field:
         return [task.id_field]
+    if task.is_conversation():
+        return ["conversation"]  # the whole conversation (Renderer.identity_row): its turns share one split
     if task.kind == "perplexity":
         return ["text"]
     return sorted(task.fields.get(name, name) for name in task_fields(task))
@@ -89,7 +92,8 @@ def _prepare_task(loaded: LoadedSpec, task: TaskSpec, role: str, tokenizer: Any,
                     continue
                 raise DataError(f"{source_name} {unit} {line}: {message} (task {task.name})",
                                 hint="fix the row, or set data.bad_rows: skip to skip and count such rows")
-            rid = row_identity(raw, columns, salt)
+            identity = renderer.identity_row(row) if task.is_conversation() and not task.id_field else raw
+            rid = row_identity(identity, columns, salt)
             if rid in first_origin:
                 if first_origin[rid] == origin:  # the same row twice in one file: keep it once
                     data.duplicate_rows += 1
@@ -112,11 +116,15 @@ def _prepare_task(loaded: LoadedSpec, task: TaskSpec, role: str, tokenizer: Any,
             pool = pool[: task.max_train_rows]
         rendered = []
         for rid, row in pool:
-            prompt, target, user = renderer.training_pair(row)
-            rendered.append({"prompt": prompt, "target": target, "user_message": user, "row_id": rid, "content": renderer.content(row),
-                             "__line": row["__line"], "__source": row["__source"]})
+            content = renderer.content(row)
+            for prompt, target, user in renderer.training_pairs(row):  # a conversation: one per assistant turn
+                rendered.append({"prompt": prompt, "target": target, "user_message": user, "row_id": rid, "content": content,
+                                 "__line": row["__line"], "__source": row["__source"]})
         rendered = _drop_overlong(rendered, tokenizer, max_total, spec.data.bad_rows, task, data)
         setattr(data, split, rendered)
+        if split == "train" and task.is_conversation():
+            once = count_tokens(tokenizer, [renderer.conversation_text(row) for _, row in pool])
+            data.expansion = expansion_report(len(pool), len(rendered), sum(r["tokens"] for r in rendered), sum(once))
 
     if role in ("target", "held_out"):
         pool = sorted(assigned["test"], key=lambda x: x[0])  # id order = a deterministic random sample
@@ -205,7 +213,7 @@ def prepare_data(loaded: LoadedSpec, tokenizer: Any, context_length: int) -> Pre
     mixture = mixture_report(train_rows)
     lengths = _lengths(tokenizer, train_rows, tasks, spec)
     few_shot = {t.task.name: [{"user": r["user_message"], "target": r["target"]} for r in t.train[: spec.evaluation.few_shot]]
-                for t in targets} if spec.evaluation.few_shot else {}
+                for t in targets if not t.task.is_conversation()} if spec.evaluation.few_shot else {}
     input_hashes, fingerprint = data_fingerprint(loaded)
     return PreparedData(tasks=tasks, train_rows=train_rows, mixture=mixture, leakage=leakage, lengths=lengths,
                         fingerprint=fingerprint, input_hashes=input_hashes, few_shot=few_shot)

@@ -19,6 +19,12 @@ def preview_data(loaded: LoadedSpec, prepared: PreparedData, examples: int = 2) 
             for item in task.eval_items[:examples]:
                 shown = item.prompt or item.text or ""
                 out += ["--- evaluated input ---", shown[:600], f"--- reference --- {item.reference}", ""]
+        if task.expansion:  # issue 17: what one row per assistant turn costs
+            e = task.expansion
+            per = "the last assistant turn" if task.task.assistant_turns == "last" else "each assistant turn"
+            out.append(f"conversations: {e['conversations']} in training -> {e['rows']} rows (one for {per}, "
+                       f"the conversation before it as the prompt); {e['row_tokens']} tokens fed in training vs "
+                       f"{e['conversation_tokens']} for each conversation once ({e['token_ratio']}x)")
         tokens = sorted(r["tokens"] for r in rows)
         if tokens:
             out.append(f"tokens per row: min {tokens[0]}, median {tokens[len(tokens) // 2]}, max {tokens[-1]}")

@@ -47,8 +47,8 @@ def _score_all(model: Any, prepared: PreparedData, spec: PipelineSpec, use_cache
     fingerprint = model.fingerprint()
     out = {}
     for data in prepared.eval_tasks():
-        if data.role not in roles:
-            continue
+        if data.role not in roles or (prompt_sets is not None and data.task.name not in prompt_sets):
+            continue  # a task without few-shot prompts (a conversation task) has no few-shot baseline
         prompts = (prompt_sets or {}).get(data.task.name) or [i.prompt for i in data.eval_items]
         key = cache_key(fingerprint, data.task, prompts, data.eval_items, spec, device=model.device)
         cached = load_cached(key) if use_cache else None
@@ -77,7 +77,7 @@ def _scored(model_spec, prepared: PreparedData, spec: PipelineSpec, *, label: st
     if few_shot and spec.evaluation.few_shot:
         console.log(f"scoring the {label} model with {spec.evaluation.few_shot}-shot prompts")
         prompt_sets = {t.task.name: few_shot_prompts(model.tokenizer, t.task, t.eval_items, prepared.few_shot[t.task.name])
-                       for t in prepared.eval_tasks() if t.role == "target"}
+                       for t in prepared.eval_tasks() if t.role == "target" and t.task.name in prepared.few_shot}
         few = _score_all(model, prepared, spec, use_cache=use_cache, prompt_sets=prompt_sets, label="few-shot",
                          roles=("target",))
     fingerprint = model.fingerprint()

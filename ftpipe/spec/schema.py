@@ -16,6 +16,9 @@ TaskKind = Literal[
     "exact_match", "contains", "classification", "rouge_l", "numeric", "code", "multiple_choice", "perplexity"
 ]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# Conversation formats (issue 17) -> the field holding a row's list of turns.
+CONVERSATION_FORMATS = {"messages": "messages", "sharegpt": "conversations"}
+CONVERSATION_KINDS = ("exact_match", "contains", "rouge_l")
 
 
 class Section(BaseModel):
@@ -34,9 +37,10 @@ class SourceSpec(Section):
 
     path: str | None = Field(None, description="File or folder, relative to the spec file.")
     hub: str | None = Field(None, description="Hugging Face hub dataset name (needs network or a hub cache).")
-    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "text", "hf_disk"] = Field(
-        "auto", description="Reader to use; auto picks by file extension (a folder is a saved `datasets` dataset)."
-    )
+    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "text", "hf_disk", "messages", "sharegpt"] = Field(
+        "auto", description="Reader to use; auto picks by file extension (a folder is a saved `datasets` dataset). "
+                            "messages (OpenAI: a `messages` list of {role, content}) and sharegpt (a `conversations` "
+                            "list of {from, value}) are multi-turn conversations in JSON Lines or JSON files.")
     split: str | None = Field(None, description="Split to read from a hub or saved `datasets` dataset.")
     train: str | None = Field(None, description="Explicit training split file (instead of hashing rows into splits).")
     validation: str | None = Field(None, description="Explicit validation split file.")
@@ -52,6 +56,10 @@ class SourceSpec(Section):
         if self.train is None and (self.validation or self.test):
             raise ValueError("validation/test files need a train file too")
         return self
+
+    def conversation_field(self) -> str | None:
+        """The field holding a row's turns when this is a conversation source, else None."""
+        return CONVERSATION_FORMATS.get(self.format)
 
 
 class TaskSpec(Section):
@@ -87,6 +95,9 @@ class TaskSpec(Section):
     max_new_tokens: int | None = Field(None, ge=1, le=4096, description="Generation length for this task (default: generation.max_new_tokens).")
     max_train_rows: int | None = Field(None, ge=1, description="Cap on training rows taken from this task.")
     prompt_words: int = Field(8, ge=1, le=10_000, description="Domain adaptation: words of each passage given as the prompt.")
+    assistant_turns: Literal["all", "last"] = Field(
+        "all", description="Conversation sources: train on every assistant turn (one training row each, the "
+                           "conversation before it as the prompt) or on the last one only.")
 
     @model_validator(mode="before")
     @classmethod
@@ -96,7 +107,30 @@ class TaskSpec(Section):
         return data
 
     @model_validator(mode="after")
+    def _conversation_fits(self) -> TaskSpec:
+        """A conversation source brings its own prompts and targets (issue 17): templates do not apply."""
+        if self.source.conversation_field() is None:
+            if self.assistant_turns != "all":
+                raise ValueError("assistant_turns applies to conversation sources (source.format messages or sharegpt)")
+            return self
+        problems = []
+        if self.kind not in CONVERSATION_KINDS:
+            problems.append(f"kind {self.kind} cannot score a conversation; use one of {', '.join(CONVERSATION_KINDS)} "
+                            f"(the final assistant turn is the reference)")
+        given = sorted(self.model_fields_set & {"prompt", "target", "labels", "choices", "answer", "tests"})
+        if given:
+            problems.append(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to a conversation source "
+                            f"(its turns are the prompts and targets); remove {'it' if len(given) == 1 else 'them'}")
+        if not self.chat_template:
+            problems.append("a conversation source is rendered with the chat template; remove chat_template: false")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
     def _kind_needs(self) -> TaskSpec:
+        if self.source.conversation_field() is not None:
+            return self  # checked by _conversation_fits
         needs = {
             "classification": ["labels", "target"],
             "multiple_choice": ["choices", "answer"],
@@ -111,6 +145,10 @@ class TaskSpec(Section):
         if missing:
             raise ValueError(f"a {self.kind} task needs: {', '.join(missing)}")
         return self
+
+    def is_conversation(self) -> bool:
+        """Whether rows are multi-turn conversations (source.format messages or sharegpt)."""
+        return self.source.conversation_field() is not None
 
     def choices_of(self, row: dict) -> list[str]:
         """The options of a multiple-choice row."""
