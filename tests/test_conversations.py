@@ -181,3 +181,17 @@ def test_validate_names_the_turns_field_and_data_reports_the_token_cost(tmp_path
     line = next(x for x in shown.output.splitlines() if x.startswith("conversations:"))
     n = int(line.split()[1])
     assert f"-> {n} rows (one for the last assistant turn" in line  # last turn only: one row per conversation
+
+
+def test_a_chat_task_trains_on_turns_and_is_scored_on_final_turns(tiny_chat_run):
+    summary = json.loads((tiny_chat_run / "data_summary.json").read_text())
+    expansion = summary["conversations"]["support_chats"]
+    assert expansion["conversations"] == 12 and expansion["rows"] > expansion["conversations"]  # max_train_rows counts conversations
+    report = json.loads((tiny_chat_run / "report.json").read_text())
+    task = next(t for t in report["tasks"] if t["task"] == "support_chats")
+    assert task["metric"] == "rouge_l" and task["n"] == 8 and "few_shot" not in task
+    items = json.loads((tiny_chat_run / "eval_items.json").read_text())["support_chats"]
+    predictions = [json.loads(line) for line in (tiny_chat_run / "predictions" / "support_chats.jsonl").read_text().splitlines()]
+    for item, prediction in zip(items, predictions):
+        assert item["messages"][-1]["role"] == "user" and prediction["input"].startswith("user: ")
+        assert prediction["reference"] == item["reference"] and prediction["reference"] not in item["prompt"]

@@ -28,11 +28,13 @@ from ftpipe.spec.schema import (
     LohaAdapter,
     LoraAdapter,
     MixingSpec,
+    MlflowSpec,
     PipelineSpec,
     QloraAdapter,
     ReplaySpec,
     SourceSpec,
     TaskSpec,
+    TrackingSpec,
     TrainingSpec,
 )
 
@@ -40,5 +42,5 @@ __all__ = [
     "load_spec", "load_resolved_spec", "LoadedSpec", "display_path", "parse_override", "project_root", "hidden_escape", "spec_json_schema",
     "spec_reference_markdown", "PipelineSpec", "TaskSpec", "SourceSpec", "DataSpec", "MixingSpec", "ReplaySpec",
     "LeakageSpec", "TrainingSpec", "GenerationSpec", "EvaluationSpec", "GatesSpec", "ComputeSpec",
-    "DistributedSpec", "FullAdapter", "LoraAdapter", "QloraAdapter", "Ia3Adapter", "LohaAdapter", "AdaloraAdapter",
+    "DistributedSpec", "TrackingSpec", "MlflowSpec", "FullAdapter", "LoraAdapter", "QloraAdapter", "Ia3Adapter", "LohaAdapter", "AdaloraAdapter",
 ]

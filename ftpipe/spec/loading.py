@@ -48,8 +48,11 @@ class LoadedSpec:
         return _locate(loc, self.locations, self.path, self.overrides)
 
     def spec_hash(self) -> str:
-        """sha256 of the resolved spec (after extends and overrides), stable across key order."""
-        blob = json.dumps(self.spec.model_dump(mode="json"), sort_keys=True).encode()
+        """sha256 of the resolved spec (after extends and overrides), stable across key order.
+
+        `tracking` is left out: where a run is logged changes nothing it trains or scores.
+        """
+        blob = json.dumps(self.spec.model_dump(mode="json", exclude={"tracking"}), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
 

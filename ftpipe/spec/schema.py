@@ -117,7 +117,9 @@ class TaskSpec(Section):
         if self.kind not in CONVERSATION_KINDS:
             problems.append(f"kind {self.kind} cannot score a conversation; use one of {', '.join(CONVERSATION_KINDS)} "
                             f"(the final assistant turn is the reference)")
-        given = sorted(self.model_fields_set & {"prompt", "target", "labels", "choices", "answer", "tests"})
+        # Compared with the defaults, not model_fields_set: a run folder's spec.yaml writes every field out.
+        given = [k for k in ("prompt", "target", "labels", "choices", "answer", "tests")
+                 if getattr(self, k) != type(self).model_fields[k].default]
         if given:
             problems.append(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to a conversation source "
                             f"(its turns are the prompts and targets); remove {'it' if len(given) == 1 else 'them'}")
@@ -378,6 +380,37 @@ class ComputeSpec(Section):
     distributed: DistributedSpec = Field(default_factory=DistributedSpec)
 
 
+class MlflowSpec(Section):
+    """MLflow tracking and Model Registry (issue 17; optional extra: pip install 'ftpipe[mlflow]').
+
+    Best effort: the run folder and ftpipe's history stay the source of truth, and an unreachable
+    tracking server is a warning, never a failed run.
+    """
+
+    tracking_uri: str | None = Field(
+        None, description="Tracking server or store: http://host:5000, sqlite:///mlflow.db, ... Unset: $MLFLOW_TRACKING_URI "
+                          "(else MLflow's own default).")
+    registry_uri: str | None = Field(None, description="Model Registry URI (default: the tracking URI).")
+    experiment: str | None = Field(None, description="Experiment name (default: the pipeline name).")
+    artifact_location: str | None = Field(
+        None, description="Where a new experiment stores artifacts (e.g. file:///data/mlartifacts; default: the server's).")
+    registered_model: str | None = Field(None, description="Registered model name (default: the pipeline name).")
+    alias: str = Field("champion", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$",
+                       description="Registry alias pointed at the promoted run's version (moved back on rollback).")
+    register_as: Literal["adapter", "merged", "none"] = Field(
+        "adapter", description="What a promotion registers as a model version: the adapter with its base reference, "
+                               "merged weights (a standalone Hugging Face folder), or nothing (runs are still logged).")
+    timeout_s: float = Field(5.0, gt=0, le=300, description="Seconds to wait for the tracking server before warning and going on.")
+
+
+class TrackingSpec(Section):
+    """Where runs are logged besides the run folder."""
+
+    mlflow: MlflowSpec | None = Field(
+        None, description="Log each run to MLflow and register promoted models; also on (with defaults) when "
+                          "$MLFLOW_TRACKING_URI is set.")
+
+
 class PipelineSpec(Section):
     """A whole fine-tuning job: what to tune, on what, how, and how to judge the result."""
 
@@ -394,6 +427,7 @@ class PipelineSpec(Section):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     gates: GatesSpec = Field(default_factory=GatesSpec)
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     @model_validator(mode="after")
     def _method_fits_tasks(self) -> PipelineSpec:
