@@ -42,6 +42,7 @@ class TaskData:
     skipped_reasons: dict[str, int] = field(default_factory=dict)  # reason -> rows skipped under bad_rows: skip
     duplicate_rows: int = 0  # rows identical to an earlier row of the same file, kept once
     expansion: dict | None = None  # conversation tasks: conversations -> rows and their token cost (issue 17)
+    lm_eval_task: str | None = None  # kind lm_eval: the task name or resolved task YAML; items come from lm-eval
 
 
 @dataclass

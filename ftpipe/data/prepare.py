@@ -71,6 +71,9 @@ def _map_fields(row: dict, task: TaskSpec) -> dict:
 
 def _prepare_task(loaded: LoadedSpec, task: TaskSpec, role: str, tokenizer: Any, max_total: int) -> TaskData:
     spec = loaded.spec
+    if task.kind == "lm_eval":  # lm-eval reads and renders its items itself, at scoring time (issue 17)
+        return TaskData(task=task, role=role, lm_eval_task=str(loaded.resolve(task.lm_eval.task))
+                        if task.lm_eval.is_file() else task.lm_eval.task)
     renderer = Renderer(tokenizer, task)
     data = TaskData(task=task, role=role)
     salt = f"{spec.data.split_seed}:{task.name}"
@@ -223,7 +226,7 @@ def _check_enough_items(spec: PipelineSpec, tasks: dict[str, TaskData]) -> None:
     """Stop before training when leakage drops left a task with too little to evaluate."""
     floor = spec.evaluation.min_items
     for name, data in tasks.items():
-        if data.role in ("target", "held_out") and len(data.eval_items) < floor:
+        if data.role in ("target", "held_out") and len(data.eval_items) < floor and data.lm_eval_task is None:
             raise DataError(f"task {name}: {len(data.eval_items)} items left to evaluate after dropping leaked items "
                             f"(evaluation.min_items is {floor})",
                             hint="remove the duplicated rows from training or evaluation data, or lower evaluation.min_items")
@@ -257,6 +260,10 @@ def _input_hashes(loaded: LoadedSpec) -> dict[str, str]:
     hashes: dict[str, str] = {}
     for task in loaded.spec.all_tasks():
         src = task.source
+        if src is None:  # an lm_eval probe: its task YAML is an input (a registered task is lm-eval's version)
+            if task.lm_eval.is_file():
+                hashes[f"{task.name}:{task.lm_eval.task}"] = sha256_file(loaded.resolve(task.lm_eval.task))
+            continue
         if src.hub:
             hashes[f"{task.name}:hub:{src.hub}"] = hub_revision(src.hub, src.split)
         for key in ("path", "train", "validation", "test"):

@@ -15,6 +15,9 @@ def preview_data(loaded: LoadedSpec, prepared: PreparedData, examples: int = 2) 
                    f"validation, {len(task.eval_items)} evaluated" + (f", {task.skipped_rows} bad rows skipped" if task.skipped_rows else ""))
         for row in rows[:examples]:
             out += ["--- prompt ---", row["prompt"], "--- target ---", row["target"], ""]
+        if task.lm_eval_task is not None:  # issue 17: lm-eval reads and renders the items when it scores them
+            out.append(f"scored by lm-evaluation-harness: task {task.lm_eval_task} (metric {task.task.lm_eval.metric}, "
+                       f"{task.task.lm_eval.num_fewshot}-shot, at most {task.task.max_items or loaded.spec.evaluation.max_items} items)")
         if not rows:
             for item in task.eval_items[:examples]:
                 shown = item.prompt or item.text or ""

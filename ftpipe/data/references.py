@@ -44,6 +44,11 @@ def reference_problems(loaded: LoadedSpec) -> list[str]:
     task_locs += [("data", "replay", "task")] if spec.data.replay else []
     for task, tloc in zip(spec.all_tasks(), task_locs):
         src = task.source
+        if src is None:  # an lm_eval probe (issue 17): its task YAML must exist; a registered name is lm-eval's to resolve
+            if task.lm_eval.is_file() and not loaded.resolve(task.lm_eval.task).is_file():
+                problems.append(f"{where(tloc + ('lm_eval', 'task'))} {_dotted(tloc)}.lm_eval.task: no such file "
+                                f"{task.lm_eval.task} (paths are relative to {display_path(loaded.base_dir)})")
+            continue
         for key in ("path", "train", "validation", "test"):
             value = getattr(src, key)
             if value is not None and not loaded.resolve(value).exists():

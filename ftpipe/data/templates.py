@@ -43,6 +43,8 @@ def chat_prompt(tokenizer: Any, user_message: str, system_prompt: str | None = N
 
 def task_fields(task) -> set[str]:
     """Every field a task's templates and settings read (checked against the source's columns)."""
+    if task.source is None:
+        return set()  # an lm_eval probe: lm-eval reads its data
     if task.source.conversation_field():
         return {task.source.conversation_field()}  # a conversation's turns are its prompts and targets
     names: set[str] = set()

@@ -25,6 +25,7 @@ from ftpipe.spec.schema import (
     GenerationSpec,
     Ia3Adapter,
     LeakageSpec,
+    LmEvalSpec,
     LohaAdapter,
     LoraAdapter,
     MixingSpec,
@@ -42,5 +43,5 @@ __all__ = [
     "load_spec", "load_resolved_spec", "LoadedSpec", "display_path", "parse_override", "project_root", "hidden_escape", "spec_json_schema",
     "spec_reference_markdown", "PipelineSpec", "TaskSpec", "SourceSpec", "DataSpec", "MixingSpec", "ReplaySpec",
     "LeakageSpec", "TrainingSpec", "GenerationSpec", "EvaluationSpec", "GatesSpec", "ComputeSpec",
-    "DistributedSpec", "TrackingSpec", "MlflowSpec", "FullAdapter", "LoraAdapter", "QloraAdapter", "Ia3Adapter", "LohaAdapter", "AdaloraAdapter",
+    "DistributedSpec", "LmEvalSpec", "TrackingSpec", "MlflowSpec", "FullAdapter", "LoraAdapter", "QloraAdapter", "Ia3Adapter", "LohaAdapter", "AdaloraAdapter",
 ]

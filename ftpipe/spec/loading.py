@@ -189,6 +189,8 @@ def _rebase_paths(doc: dict, from_dir: Path, to_dir: Path) -> dict:
                     out[k] = fix(v)
                 elif key == "source" and k in ("path", "train", "validation", "test"):
                     out[k] = fix(v)
+                elif key == "lm_eval" and k == "task" and isinstance(v, str) and v.endswith((".yaml", ".yml")):
+                    out[k] = fix(v)  # a task YAML file (issue 17), not a registered task name
                 else:
                     out[k] = walk(v, k)
             return out

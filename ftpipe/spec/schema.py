@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 TaskKind = Literal[
-    "exact_match", "contains", "classification", "rouge_l", "numeric", "code", "multiple_choice", "perplexity"
+    "exact_match", "contains", "classification", "rouge_l", "numeric", "code", "multiple_choice", "perplexity", "lm_eval"
 ]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 # Conversation formats (issue 17) -> the field holding a row's list of turns.
@@ -62,11 +62,27 @@ class SourceSpec(Section):
         return CONVERSATION_FORMATS.get(self.format)
 
 
+class LmEvalSpec(Section):
+    """A held-out probe scored by lm-evaluation-harness itself (issue 17; optional extra: pip install 'ftpipe[lm-eval]')."""
+
+    task: str = Field(..., description="An lm-evaluation-harness task name, or a task YAML file (relative to the spec) whose "
+                                       "data is local; its relative data_files are relative to the YAML's folder.")
+    metric: str = Field("acc", pattern=r"^[A-Za-z0-9_]+$",
+                        description="The per-item metric of lm-eval's samples that is compared (acc, acc_norm, exact_match, ...).")
+    num_fewshot: int = Field(0, ge=0, le=64, description="Few-shot examples lm-eval puts in each prompt (the same for base and tuned).")
+
+    def is_file(self) -> bool:
+        """Whether `task` names a task YAML file rather than a registered task."""
+        return self.task.endswith((".yaml", ".yml"))
+
+
 class TaskSpec(Section):
     """One task: a data source, how rows become prompts and targets, and how outputs are scored."""
 
     name: str = Field(..., pattern=NAME_PATTERN, description="Task name, used in reports and file names.")
-    source: SourceSpec = Field(..., description="Where the rows come from (a string is a file path).")
+    source: SourceSpec | None = Field(
+        None, description="Where the rows come from (a string is a file path). Every kind needs one except lm_eval.")
+    lm_eval: LmEvalSpec | None = Field(None, description="kind lm_eval: the lm-evaluation-harness task that scores this probe.")
     kind: TaskKind = Field("exact_match", description="How outputs are scored; also picks the metric.")
     fields: dict[str, str] = Field(
         default_factory=dict, description="Template name -> source column, for columns named differently."
@@ -109,7 +125,13 @@ class TaskSpec(Section):
     @model_validator(mode="after")
     def _conversation_fits(self) -> TaskSpec:
         """A conversation source brings its own prompts and targets (issue 17): templates do not apply."""
-        if self.source.conversation_field() is None:
+        if (self.source is None) != (self.kind == "lm_eval"):
+            raise ValueError("an lm_eval task reads its data through lm-eval (its task names it): remove source"
+                             if self.kind == "lm_eval" else "source is required (a file path, or path/hub/train)")
+        if (self.lm_eval is None) != (self.kind != "lm_eval"):
+            raise ValueError("kind lm_eval needs an lm_eval section (task: a task name or task YAML)"
+                             if self.kind == "lm_eval" else "an lm_eval section needs kind lm_eval")
+        if not self.is_conversation():
             if self.assistant_turns != "all":
                 raise ValueError("assistant_turns applies to conversation sources (source.format messages or sharegpt)")
             return self
@@ -131,7 +153,7 @@ class TaskSpec(Section):
 
     @model_validator(mode="after")
     def _kind_needs(self) -> TaskSpec:
-        if self.source.conversation_field() is not None:
+        if self.is_conversation() or self.kind == "lm_eval":
             return self  # checked by _conversation_fits
         needs = {
             "classification": ["labels", "target"],
@@ -150,7 +172,7 @@ class TaskSpec(Section):
 
     def is_conversation(self) -> bool:
         """Whether rows are multi-turn conversations (source.format messages or sharegpt)."""
-        return self.source.conversation_field() is not None
+        return self.source is not None and self.source.conversation_field() is not None
 
     def choices_of(self, row: dict) -> list[str]:
         """The options of a multiple-choice row."""
@@ -444,6 +466,9 @@ class PipelineSpec(Section):
             raise ValueError("domain_adaptation tasks must have kind perplexity (raw text)")
         if self.method != "domain_adaptation" and any(is_text):
             raise ValueError("perplexity tasks train only with method domain_adaptation")
+        probes = [t.name for t in self.tasks + ([self.data.replay.task] if self.data.replay else []) if t.kind == "lm_eval"]
+        if probes:
+            raise ValueError(f"kind lm_eval is a held-out probe (evaluation.held_out), not trained on: {', '.join(probes)}")
         return self
 
     @model_validator(mode="after")
