@@ -111,3 +111,27 @@ def test_tracking_is_off_without_section_or_variable_and_on_with_either(monkeypa
     assert env_on is not None and tracking_uri(env_on) == "sqlite:///env.db" and env_on.alias == "champion"
     section = settings_for(PipelineSpec.model_validate({**raw, "tracking": {"mlflow": {"tracking_uri": "sqlite:///spec.db"}}}))
     assert tracking_uri(section) == "sqlite:///spec.db"  # the spec's URI wins over the variable
+
+
+def test_merged_weights_are_registered_when_asked(tiny_chat_run, tmp_path, monkeypatch):
+    """`register_as: merged`: the version holds a standalone Hugging Face folder (base + adapter merged)."""
+    import shutil
+
+    import yaml
+    from mlflow import MlflowClient
+
+    from ftpipe.lifecycle.mlflow_ import move_alias
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir = tmp_path / "runs" / "tiny-chat" / tiny_chat_run.name  # a copy: the session's run stays as it was
+    shutil.copytree(tiny_chat_run, run_dir, ignore=shutil.ignore_patterns("training"))
+    spec = yaml.safe_load((run_dir / "spec.yaml").read_text())
+    spec["tracking"] = {"mlflow": {"tracking_uri": uri, "artifact_location": (tmp_path / "art").as_uri(),
+                                   "register_as": "merged", "alias": "prod"}}
+    (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec))
+    assert move_alias(run_dir.parent, "promote", run_dir.name) == "1"
+    version = MlflowClient(tracking_uri=uri).get_model_version_by_alias("tiny-chat", "prod")
+    model = Path(unquote(urlparse(version.source).path))
+    assert (model / "config.json").is_file() and list(model.glob("*.safetensors")) and not (model / "adapter_config.json").exists()
+    assert json.loads((model / "ftpipe_model.json").read_text())["format"] == "merged"

@@ -147,7 +147,7 @@ def test_validate_does_not_import_torch_or_ludwig(tmp_path):
     code = ("import sys; from typer.testing import CliRunner; from ftpipe.cli import app; "
             f"r = CliRunner().invoke(app, ['validate', {str(write(tmp_path, MINIMAL))!r}]); "
             "assert r.exit_code == 0, r.output; "
-            "heavy = [m for m in ('torch', 'ludwig', 'transformers', 'pandas') if m in sys.modules]; "
+            "heavy = [m for m in ('torch', 'ludwig', 'transformers', 'pandas', 'mlflow', 'lm_eval') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
 
@@ -204,3 +204,15 @@ def test_lm_eval_probes_and_tracking_sections(tmp_path):
     assert "kind lm_eval is a held-out probe" in error_of(write(tmp_path, trained + "method: multitask\n", "c.yaml"))
     tracked = load_spec(write(tmp_path, MINIMAL + probe + "tracking: {mlflow: {tracking_uri: 'sqlite:///m.db'}}\n", "d.yaml"))
     assert tracked.spec.tracking.mlflow.alias == "champion" and tracked.spec_hash() == loaded.spec_hash()
+
+
+def test_validate_of_chat_mlflow_and_lm_eval_spec_stays_light():
+    """Issue 17: conversation sources, an lm_eval probe and a tracking section are validated without importing
+    torch, mlflow or lm-eval."""
+    spec = Path(__file__).parent.parent / "pipelines" / "support_chat.yaml"
+    code = ("import sys; from typer.testing import CliRunner; from ftpipe.cli import app; "
+            f"r = CliRunner().invoke(app, ['validate', {str(spec)!r}, '--set', 'tracking.mlflow.tracking_uri=http://127.0.0.1:1']); "
+            "assert r.exit_code == 0, r.output; "
+            "heavy = [m for m in ('torch', 'ludwig', 'transformers', 'pandas', 'mlflow', 'lm_eval') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
