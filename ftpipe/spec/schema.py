@@ -109,7 +109,7 @@ class TaskSpec(Section):
     weight: float = Field(1.0, gt=0, description="Mixing weight among training tasks.")
     max_items: int | None = Field(None, ge=1, le=1_000_000, description="Cap on evaluated items (deterministic sample).")
     max_new_tokens: int | None = Field(None, ge=1, le=4096, description="Generation length for this task (default: generation.max_new_tokens).")
-    max_train_rows: int | None = Field(None, ge=1, description="Cap on training rows taken from this task.")
+    max_train_rows: int | None = Field(None, ge=1, description="Cap on training rows taken from this task (conversations, for a conversation source).")
     prompt_words: int = Field(8, ge=1, le=10_000, description="Domain adaptation: words of each passage given as the prompt.")
     assistant_turns: Literal["all", "last"] = Field(
         "all", description="Conversation sources: train on every assistant turn (one training row each, the "
