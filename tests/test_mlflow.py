@@ -135,3 +135,47 @@ def test_merged_weights_are_registered_when_asked(tiny_chat_run, tmp_path, monke
     model = Path(unquote(urlparse(version.source).path))
     assert (model / "config.json").is_file() and list(model.glob("*.safetensors")) and not (model / "adapter_config.json").exists()
     assert json.loads((model / "ftpipe_model.json").read_text())["format"] == "merged"
+
+
+@pytest.mark.slow
+def test_against_a_real_tracking_server(tiny_chat_run, tmp_path, monkeypatch):
+    """The same through HTTP: an `mlflow server` process (SQLite backend, file artifacts) started here (~1 min)."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from mlflow import MlflowClient
+
+    from ftpipe.lifecycle.mlflow_ import log_run, move_alias
+    from ftpipe.lifecycle.mlflow_ import _run_spec
+
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                               "--default-artifact-root", (tmp_path / "server_artifacts").as_uri()],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
+                time.sleep(1)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        run_dir = tmp_path / "runs" / "tiny-chat" / tiny_chat_run.name
+        shutil.copytree(tiny_chat_run, run_dir, ignore=shutil.ignore_patterns("training"))
+        record = log_run(run_dir, _run_spec(run_dir), "succeeded")
+        client = MlflowClient(tracking_uri=uri)
+        assert client.get_run(record["run_id"]).data.params["tasks.0.source.format"] == "messages"
+        assert move_alias(run_dir.parent, "promote", run_dir.name) == "1"
+        assert str(client.get_model_version_by_alias("tiny-chat", "champion").version) == "1"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
