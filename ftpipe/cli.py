@@ -282,6 +282,21 @@ def rollback(pipeline: str = typer.Argument(..., help="Pipeline name."), runs_di
     _guard(lambda: typer.echo(f"promoted {rollback_pipeline(pipeline, runs_dir)} (rolled back one promotion)"))
 
 
+@app.command()
+def chat(run_ref: str = typer.Argument(..., help="Run id or folder, or a pipeline name (its promoted run)."),
+         compare: bool = typer.Option(False, "--compare", help="Answer each message with the base model too."),
+         system: Optional[str] = typer.Option(None, "--system", help="System message (default: the task's, else the template's)."),
+         max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Most tokens per answer."),
+         runs_dir: Optional[Path] = RootOption) -> None:
+    """Chat with a tuned model in the terminal: its chat template, streamed answers, multi-turn history."""
+    from ftpipe.lifecycle.chat import chat_run
+
+    def body():
+        chat_run(run_ref, runs_dir, compare=compare, system_prompt=system, max_new_tokens=max_new_tokens)
+
+    _guard(body)
+
+
 @runs_app.command("list")
 def runs_list(pipeline: Optional[str] = typer.Argument(None), runs_dir: Optional[Path] = RootOption) -> None:
     """Runs, newest first: id, status, key numbers."""

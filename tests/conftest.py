@@ -66,3 +66,15 @@ def finished_tiny_runs(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFa
     spec = Path(__file__).parent / "fixtures" / "specs" / "tiny_lora.yaml"
     runs = [run_pipeline(spec, ["training.max_steps=4", f"training.seed={seed}"], root).run_dir for seed in (1, 2)]
     return root, runs
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_run(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished, evaluated and promoted run of the tiny multi-turn chat spec (support_chats, 3 steps)."""
+    from ftpipe.lifecycle import run_pipeline
+
+    root = tmp_path_factory.mktemp("chat_runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.setenv("FTPIPE_HISTORY_DB", str(root / "history.sqlite"))
+        return run_pipeline(Path(__file__).parent / "fixtures" / "specs" / "tiny_chat.yaml", [], root).run_dir

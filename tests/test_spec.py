@@ -147,7 +147,7 @@ def test_validate_does_not_import_torch_or_ludwig(tmp_path):
     code = ("import sys; from typer.testing import CliRunner; from ftpipe.cli import app; "
             f"r = CliRunner().invoke(app, ['validate', {str(write(tmp_path, MINIMAL))!r}]); "
             "assert r.exit_code == 0, r.output; "
-            "heavy = [m for m in ('torch', 'ludwig', 'transformers', 'pandas') if m in sys.modules]; "
+            "heavy = [m for m in ('torch', 'ludwig', 'transformers', 'pandas', 'mlflow', 'lm_eval') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
 
@@ -184,3 +184,35 @@ def test_broken_specs_get_located_one_line_errors(tmp_path, case):
     assert re.match(r".*broken\.yaml:9:3 " + re.escape(section) + r"\.", lines[0]), lines[0]
     if how == "typo":
         assert f"did you mean {key}?" in lines[0]
+
+
+def test_lm_eval_probes_and_tracking_sections(tmp_path):
+    """Issue 17: a kind lm_eval probe names an lm-eval task instead of a source, is held out only, and its task
+    YAML is rebased by extends like a source; where runs are tracked is no part of the spec's hash."""
+    probe = "evaluation:\n  held_out:\n    - {name: mmlu, kind: lm_eval, lm_eval: {task: probes/mmlu.yaml}}\n"
+    (tmp_path / "probes").mkdir()
+    (tmp_path / "probes" / "mmlu.yaml").write_text("task: mmlu_local\n")
+    loaded = load_spec(write(tmp_path, MINIMAL + probe))
+    assert loaded.spec.evaluation.held_out[0].source is None and loaded.spec.evaluation.held_out[0].lm_eval.is_file()
+    (tmp_path / "child").mkdir()
+    child = write(tmp_path / "child", "extends: ../spec.yaml\nname: child\n")
+    assert load_spec(child).spec.evaluation.held_out[0].lm_eval.task == "../probes/mmlu.yaml"
+    assert "needs an lm_eval section" in error_of(write(tmp_path, MINIMAL + probe.replace(", lm_eval: {task: probes/mmlu.yaml}", ""), "a.yaml"))
+    with_source = probe.replace("kind: lm_eval", f"kind: lm_eval, source: {DATA / 'colors.jsonl'}")
+    assert "remove source" in error_of(write(tmp_path, MINIMAL + with_source, "b.yaml"))
+    trained = MINIMAL.replace('target: "{{ color }}"', 'target: "{{ color }}"\n  - {name: p, kind: lm_eval, lm_eval: {task: x}}')
+    assert "kind lm_eval is a held-out probe" in error_of(write(tmp_path, trained + "method: multitask\n", "c.yaml"))
+    tracked = load_spec(write(tmp_path, MINIMAL + probe + "tracking: {mlflow: {tracking_uri: 'sqlite:///m.db'}}\n", "d.yaml"))
+    assert tracked.spec.tracking.mlflow.alias == "champion" and tracked.spec_hash() == loaded.spec_hash()
+
+
+def test_validate_of_chat_mlflow_and_lm_eval_spec_stays_light():
+    """Issue 17: conversation sources, an lm_eval probe and a tracking section are validated without importing
+    torch, mlflow or lm-eval."""
+    spec = Path(__file__).parent.parent / "pipelines" / "support_chat.yaml"
+    code = ("import sys; from typer.testing import CliRunner; from ftpipe.cli import app; "
+            f"r = CliRunner().invoke(app, ['validate', {str(spec)!r}, '--set', 'tracking.mlflow.tracking_uri=http://127.0.0.1:1']); "
+            "assert r.exit_code == 0, r.output; "
+            "heavy = [m for m in ('torch', 'ludwig', 'transformers', 'pandas', 'mlflow', 'lm_eval') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)

@@ -10,13 +10,24 @@ import json
 from pathlib import Path
 
 from ftpipe.errors import DataError
+from ftpipe.spec.schema import CONVERSATION_FORMATS
 
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
                   ".parquet": "parquet", ".txt": "text", ".md": "text"}
 
 
 def detect_format(path: Path, declared: str = "auto") -> str:
-    """The reader for a path: the declared one, else by extension (a folder is a saved `datasets` dataset)."""
+    """The reader for a path: the declared one, else by extension (a folder is a saved `datasets` dataset).
+
+    Conversation formats (messages, sharegpt) describe the rows, not the file: their files are
+    JSON Lines or JSON, told apart by extension.
+    """
+    if declared in CONVERSATION_FORMATS:
+        fmt = detect_format(path)
+        if fmt not in ("jsonl", "json"):
+            raise DataError(f"{path}: a {declared} source must be JSON Lines (.jsonl) or JSON (.json), not {fmt}",
+                            hint="convert the conversations to JSON Lines, one conversation per line")
+        return fmt
     if declared != "auto":
         return declared
     if path.is_dir():

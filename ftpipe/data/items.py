@@ -26,6 +26,7 @@ class EvalItem:
     answer_index: int | None = None
     tests: str | None = None
     text: str | None = None  # raw passage (perplexity)
+    messages: list[dict] | None = None  # conversation tasks: the turns before the final assistant turn
 
 
 @dataclass
@@ -41,6 +42,8 @@ class TaskData:
     skipped_rows: int = 0
     skipped_reasons: dict[str, int] = field(default_factory=dict)  # reason -> rows skipped under bad_rows: skip
     duplicate_rows: int = 0  # rows identical to an earlier row of the same file, kept once
+    expansion: dict | None = None  # conversation tasks: conversations -> rows and their token cost (issue 17)
+    lm_eval_task: str | None = None  # kind lm_eval: the task name or resolved task YAML; items come from lm-eval
 
 
 @dataclass
@@ -78,6 +81,7 @@ class PreparedData:
             "skipped_rows": {name: t.skipped_rows for name, t in self.tasks.items() if t.skipped_rows},
             "skipped_reasons": {name: t.skipped_reasons for name, t in self.tasks.items() if t.skipped_reasons},
             "duplicate_rows": {name: t.duplicate_rows for name, t in self.tasks.items() if t.duplicate_rows},
+            "conversations": {name: t.expansion for name, t in self.tasks.items() if t.expansion},
             "row_id_version": ROW_ID_VERSION,
             "inputs": self.input_hashes,
         }

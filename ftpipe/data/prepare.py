@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ftpipe.data.items import SPLIT_CODES, EvalItem, PreparedData, TaskData
+from ftpipe.data.conversations import expansion_report
 from ftpipe.data.leakage import check_leakage, find_leaks, normalize_for_leakage
 from ftpipe.data.mixing import mixture_counts, mixture_report, take_rows
 from ftpipe.data.rendering import Renderer, count_tokens
@@ -44,6 +45,8 @@ def identity_columns(task: TaskSpec) -> list[str]:
     """The source columns a row's identity hashes: its `id_field`, else every column the task reads."""
     if task.id_field:
         return [task.id_field]
+    if task.is_conversation():
+        return ["conversation"]  # the whole conversation (Renderer.identity_row): its turns share one split
     if task.kind == "perplexity":
         return ["text"]
     return sorted(task.fields.get(name, name) for name in task_fields(task))
@@ -69,6 +72,9 @@ def _map_fields(row: dict, task: TaskSpec) -> dict:
 
 def _prepare_task(loaded: LoadedSpec, task: TaskSpec, role: str, tokenizer: Any, max_total: int) -> TaskData:
     spec = loaded.spec
+    if task.kind == "lm_eval":  # lm-eval reads and renders its items itself, at scoring time (issue 17)
+        return TaskData(task=task, role=role, lm_eval_task=str(loaded.resolve(task.lm_eval.task))
+                        if task.lm_eval.is_file() else task.lm_eval.task)
     renderer = Renderer(tokenizer, task)
     data = TaskData(task=task, role=role)
     salt = f"{spec.data.split_seed}:{task.name}"
@@ -90,7 +96,8 @@ def _prepare_task(loaded: LoadedSpec, task: TaskSpec, role: str, tokenizer: Any,
                     continue
                 raise DataError(f"{source_name} {unit} {line}: {message} (task {task.name})",
                                 hint="fix the row, or set data.bad_rows: skip to skip and count such rows")
-            rid = row_identity(raw, columns, salt)
+            identity = renderer.identity_row(row) if task.is_conversation() and not task.id_field else raw
+            rid = row_identity(identity, columns, salt)
             if rid in first_origin:
                 if first_origin[rid] == origin:  # the same row twice in one file: keep it once
                     data.duplicate_rows += 1
@@ -113,11 +120,15 @@ def _prepare_task(loaded: LoadedSpec, task: TaskSpec, role: str, tokenizer: Any,
             pool = pool[: task.max_train_rows]
         rendered = []
         for rid, row in pool:
-            prompt, target, user = renderer.training_pair(row)
-            rendered.append({"prompt": prompt, "target": target, "user_message": user, "row_id": rid, "content": renderer.content(row),
-                             "__line": row["__line"], "__source": row["__source"]})
+            content = renderer.content(row)
+            for prompt, target, user in renderer.training_pairs(row):  # a conversation: one per assistant turn
+                rendered.append({"prompt": prompt, "target": target, "user_message": user, "row_id": rid, "content": content,
+                                 "__line": row["__line"], "__source": row["__source"]})
         rendered = _drop_overlong(rendered, tokenizer, max_total, spec.data.bad_rows, task, data)
         setattr(data, split, rendered)
+        if split == "train" and task.is_conversation():
+            once = count_tokens(tokenizer, [renderer.conversation_text(row) for _, row in pool])
+            data.expansion = expansion_report(len(pool), len(rendered), sum(r["tokens"] for r in rendered), sum(once))
 
     if role in ("target", "held_out"):
         pool = sorted(assigned["test"], key=lambda x: x[0])  # id order = a deterministic random sample
@@ -301,7 +312,7 @@ def prepare_data(loaded: LoadedSpec, tokenizer: Any, context_length: int, self_r
     mixture = mixture_report(train_rows)
     lengths = _lengths(tokenizer, train_rows, tasks, spec)
     few_shot = {t.task.name: [{"user": r["user_message"], "target": r["target"]} for r in t.train[: spec.evaluation.few_shot]]
-                for t in targets} if spec.evaluation.few_shot else {}
+                for t in targets if not t.task.is_conversation()} if spec.evaluation.few_shot else {}
     input_hashes, fingerprint = data_fingerprint(loaded)
     return PreparedData(tasks=tasks, train_rows=train_rows, mixture=mixture, leakage=leakage, lengths=lengths,
                         fingerprint=fingerprint, input_hashes=input_hashes, few_shot=few_shot)
@@ -327,7 +338,7 @@ def _check_enough_items(spec: PipelineSpec, tasks: dict[str, TaskData]) -> None:
     """Stop before training when leakage drops left a task with too little to evaluate."""
     floor = spec.evaluation.min_items
     for name, data in tasks.items():
-        if data.role in ("target", "held_out") and len(data.eval_items) < floor:
+        if data.role in ("target", "held_out") and len(data.eval_items) < floor and data.lm_eval_task is None:
             raise DataError(f"task {name}: {len(data.eval_items)} items left to evaluate after dropping leaked items "
                             f"(evaluation.min_items is {floor})",
                             hint="remove the duplicated rows from training or evaluation data, or lower evaluation.min_items")
@@ -362,6 +373,10 @@ def _input_hashes(loaded: LoadedSpec) -> dict[str, str]:
     pool = [replay.self_generated.pool_task()] if replay and replay.self_generated else []
     for task in [*loaded.spec.all_tasks(), *pool]:
         src = task.source
+        if src is None:  # an lm_eval probe: its task YAML is an input (a registered task is lm-eval's version)
+            if task.lm_eval.is_file():
+                hashes[f"{task.name}:{task.lm_eval.task}"] = sha256_file(loaded.resolve(task.lm_eval.task))
+            continue
         if src.hub:
             hashes[f"{task.name}:hub:{src.hub}"] = hub_revision(src.hub, src.split)
         for key in ("path", "train", "validation", "test"):

@@ -15,10 +15,19 @@ def preview_data(loaded: LoadedSpec, prepared: PreparedData, examples: int = 2) 
                    f"validation, {len(task.eval_items)} evaluated" + (f", {task.skipped_rows} bad rows skipped" if task.skipped_rows else ""))
         for row in rows[:examples]:
             out += ["--- prompt ---", row["prompt"], "--- target ---", row["target"], ""]
+        if task.lm_eval_task is not None:  # issue 17: lm-eval reads and renders the items when it scores them
+            out.append(f"scored by lm-evaluation-harness: task {task.lm_eval_task} (metric {task.task.lm_eval.metric}, "
+                       f"{task.task.lm_eval.num_fewshot}-shot, at most {task.task.max_items or loaded.spec.evaluation.max_items} items)")
         if not rows:
             for item in task.eval_items[:examples]:
                 shown = item.prompt or item.text or ""
                 out += ["--- evaluated input ---", shown[:600], f"--- reference --- {item.reference}", ""]
+        if task.expansion:  # issue 17: what one row per assistant turn costs
+            e = task.expansion
+            per = "the last assistant turn" if task.task.assistant_turns == "last" else "each assistant turn"
+            out.append(f"conversations: {e['conversations']} in training -> {e['rows']} rows (one for {per}, "
+                       f"the conversation before it as the prompt); {e['row_tokens']} tokens fed in training vs "
+                       f"{e['conversation_tokens']} for each conversation once ({e['token_ratio']}x)")
         tokens = sorted(r["tokens"] for r in rows)
         if tokens:
             out.append(f"tokens per row: min {tokens[0]}, median {tokens[len(tokens) // 2]}, max {tokens[-1]}")

@@ -15,6 +15,7 @@ from ftpipe.data.templates import task_fields
 from ftpipe.errors import SpecError
 from ftpipe.models.registry import KNOWN_MODELS
 from ftpipe.spec import LoadedSpec, display_path, hidden_escape, load_spec, project_root
+from ftpipe.spec.schema import CONVERSATION_FORMATS
 
 
 def validate_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpec:
@@ -46,6 +47,11 @@ def reference_problems(loaded: LoadedSpec) -> list[str]:
         checked.append((spec.data.replay.self_generated.pool_task(), ("data", "replay", "self_generated")))
     for task, tloc in checked:
         src = task.source
+        if src is None:  # an lm_eval probe (issue 17): its task YAML must exist; a registered name is lm-eval's to resolve
+            if task.lm_eval.is_file() and not loaded.resolve(task.lm_eval.task).is_file():
+                problems.append(f"{where(tloc + ('lm_eval', 'task'))} {_dotted(tloc)}.lm_eval.task: no such file "
+                                f"{task.lm_eval.task} (paths are relative to {display_path(loaded.base_dir)})")
+            continue
         for key in ("path", "train", "validation", "test"):
             value = getattr(src, key)
             if value is not None and not loaded.resolve(value).exists():
@@ -67,6 +73,12 @@ def reference_problems(loaded: LoadedSpec) -> list[str]:
             continue
         available = set(columns) | set(task.fields)
         for name in sorted(task_fields(task) - available):
+            if task.is_conversation():  # issue 17: the format names the field that holds the turns
+                other = next((f for f, col in CONVERSATION_FORMATS.items() if col in columns), None)
+                hint = f"set source.format: {other}" if other else f"columns: {', '.join(sorted(columns))}"
+                problems.append(f"{where(tloc + ('source', 'format'))} {_dotted(tloc)}: a {src.format} source reads the "
+                                f"turns from field '{name}', which {first} lacks ({hint}; or map it under fields:)")
+                continue
             close = difflib.get_close_matches(name, sorted(available), n=1)
             hint = f"did you mean {close[0]}?" if close else f"columns: {', '.join(sorted(columns))}"
             problems.append(f"{where(tloc + ('prompt',))} {_dotted(tloc)}: template names missing field "

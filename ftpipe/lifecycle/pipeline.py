@@ -138,6 +138,7 @@ def _run_locked(loaded: LoadedSpec, root: Path, evaluate: bool, promote: bool = 
         except OSError as again:
             console.log(f"warning: could not record the failure in {run_dir} ({again.strerror})")
         history.record_run(manifest, run_dir)
+        _track(run_dir, loaded, manifest.status)
         if storage is not None:
             raise storage from e
         raise
@@ -146,6 +147,7 @@ def _run_locked(loaded: LoadedSpec, root: Path, evaluate: bool, promote: bool = 
     manifest.finished_at = now_iso()
     save_manifest(run_dir, manifest)
     history.record_run(manifest, run_dir, metrics=manifest.summary, gates=gates)
+    _track(run_dir, loaded, manifest.status)
     console.log(f"run {manifest.run_id} {manifest.status}: {run_dir}")
     if report is None:
         console.log("not promoted: trained without evaluation (--no-eval); `ftpipe eval` judges it")
@@ -154,6 +156,13 @@ def _run_locked(loaded: LoadedSpec, root: Path, evaluate: bool, promote: bool = 
     else:
         _promote_or_refuse(run_dir, manifest, gates, loaded.spec.gates.on_failure_command)
     return RunResult(run_dir=run_dir, manifest=manifest, report=report)
+
+
+def _track(run_dir: Path, loaded: LoadedSpec, status: str) -> None:
+    """Log the run to MLflow when tracking is on (issue 17); best effort, never fails the run."""
+    from ftpipe.lifecycle.mlflow_ import log_run
+
+    log_run(run_dir, loaded.spec, status)
 
 
 _STORAGE_ERRNOS = {"ENOSPC": "no space left on the device", "EFBIG": "a file-size limit was reached",

@@ -92,6 +92,14 @@ def _move(pdir: Path, action: str, run_id: str | None, stack: list[str], detail:
     faults.point("promote")
     history.record_promotion(pdir.name, run_id or "", f"{action}: {detail}" if detail else action, event["at"])
     _point(pdir, run_id)
+    _sync_registry(pdir, action, run_id)
+
+
+def _sync_registry(pdir: Path, action: str, run_id: str | None) -> None:
+    """Move the MLflow Model Registry alias after the pointer (issue 17); best effort, the journal is the truth."""
+    from ftpipe.lifecycle.mlflow_ import move_alias
+
+    move_alias(pdir, action, run_id)
 
 
 def reconcile(pdir: Path) -> list[str]:
@@ -119,6 +127,9 @@ def reconcile(pdir: Path) -> list[str]:
         console.log(f"repairing the promoted pointer of {pdir.name}: {current or 'none'} -> {wanted or 'none'}")
         _point(pdir, wanted)
         repairs.append(f"{pdir.name}: promoted pointer {current or 'none'} -> {wanted or 'none'}")
+    from ftpipe.lifecycle.mlflow_ import catch_up
+
+    catch_up(pdir, wanted)  # a registry alias move that missed MLflow earlier (issue 17)
     return repairs
 
 

@@ -50,4 +50,7 @@ def reevaluate(run_ref: str, root: Path | None = None) -> dict:
             manifest.status, manifest.finished_at = "succeeded", now_iso()
         save_manifest(run_dir, manifest)
         history.record_run(manifest, run_dir, metrics=manifest.summary, gates=report["gates"])
+        from ftpipe.lifecycle.mlflow_ import log_run
+
+        log_run(run_dir, loaded.spec, manifest.status)  # the new scores, on the same MLflow run (issue 17)
     return report

@@ -26,9 +26,11 @@ from ftpipe.spec.schema import (
     GenerationSpec,
     Ia3Adapter,
     LeakageSpec,
+    LmEvalSpec,
     LohaAdapter,
     LoraAdapter,
     MixingSpec,
+    MlflowSpec,
     PipelineSpec,
     QloraAdapter,
     ReplaySpec,
@@ -37,6 +39,7 @@ from ftpipe.spec.schema import (
     SweepParam,
     SweepSpec,
     TaskSpec,
+    TrackingSpec,
     TrainingSpec,
 )
 
@@ -44,5 +47,6 @@ __all__ = [
     "load_spec", "load_resolved_spec", "LoadedSpec", "display_path", "parse_override", "project_root", "hidden_escape", "spec_json_schema",
     "spec_reference_markdown", "PipelineSpec", "TaskSpec", "SourceSpec", "DataSpec", "MixingSpec", "ReplaySpec",
     "LeakageSpec", "TrainingSpec", "GenerationSpec", "EvaluationSpec", "GatesSpec", "ComputeSpec",
-    "DistributedSpec", "DiagnosisSpec", "SelfGeneratedReplaySpec", "SweepParam", "SweepSpec", "FullAdapter", "LoraAdapter", "QloraAdapter", "Ia3Adapter", "LohaAdapter", "AdaloraAdapter",
+    "DistributedSpec", "DiagnosisSpec", "SelfGeneratedReplaySpec", "SweepParam", "SweepSpec", "LmEvalSpec", "TrackingSpec", "MlflowSpec",
+    "FullAdapter", "LoraAdapter", "QloraAdapter", "Ia3Adapter", "LohaAdapter", "AdaloraAdapter",
 ]

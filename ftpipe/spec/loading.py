@@ -48,8 +48,11 @@ class LoadedSpec:
         return _locate(loc, self.locations, self.path, self.overrides)
 
     def spec_hash(self) -> str:
-        """sha256 of the resolved spec (after extends and overrides), stable across key order."""
-        blob = json.dumps(self.spec.model_dump(mode="json"), sort_keys=True).encode()
+        """sha256 of the resolved spec (after extends and overrides), stable across key order.
+
+        `tracking` is left out: where a run is logged changes nothing it trains or scores.
+        """
+        blob = json.dumps(self.spec.model_dump(mode="json", exclude={"tracking"}), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
 
@@ -186,6 +189,8 @@ def _rebase_paths(doc: dict, from_dir: Path, to_dir: Path) -> dict:
                     out[k] = fix(v)
                 elif key == "source" and k in ("path", "train", "validation", "test"):
                     out[k] = fix(v)
+                elif key == "lm_eval" and k == "task" and isinstance(v, str) and v.endswith((".yaml", ".yml")):
+                    out[k] = fix(v)  # a task YAML file (issue 17), not a registered task name
                 else:
                     out[k] = walk(v, k)
             return out

@@ -13,9 +13,12 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 TaskKind = Literal[
-    "exact_match", "contains", "classification", "rouge_l", "numeric", "code", "multiple_choice", "perplexity"
+    "exact_match", "contains", "classification", "rouge_l", "numeric", "code", "multiple_choice", "perplexity", "lm_eval"
 ]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# Conversation formats (issue 17) -> the field holding a row's list of turns.
+CONVERSATION_FORMATS = {"messages": "messages", "sharegpt": "conversations"}
+CONVERSATION_KINDS = ("exact_match", "contains", "rouge_l")
 
 
 class Section(BaseModel):
@@ -34,9 +37,10 @@ class SourceSpec(Section):
 
     path: str | None = Field(None, description="File or folder, relative to the spec file.")
     hub: str | None = Field(None, description="Hugging Face hub dataset name (needs network or a hub cache).")
-    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "text", "hf_disk"] = Field(
-        "auto", description="Reader to use; auto picks by file extension (a folder is a saved `datasets` dataset)."
-    )
+    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "text", "hf_disk", "messages", "sharegpt"] = Field(
+        "auto", description="Reader to use; auto picks by file extension (a folder is a saved `datasets` dataset). "
+                            "messages (OpenAI: a `messages` list of {role, content}) and sharegpt (a `conversations` "
+                            "list of {from, value}) are multi-turn conversations in JSON Lines or JSON files.")
     split: str | None = Field(None, description="Split to read from a hub or saved `datasets` dataset.")
     train: str | None = Field(None, description="Explicit training split file (instead of hashing rows into splits).")
     validation: str | None = Field(None, description="Explicit validation split file.")
@@ -53,12 +57,32 @@ class SourceSpec(Section):
             raise ValueError("validation/test files need a train file too")
         return self
 
+    def conversation_field(self) -> str | None:
+        """The field holding a row's turns when this is a conversation source, else None."""
+        return CONVERSATION_FORMATS.get(self.format)
+
+
+class LmEvalSpec(Section):
+    """A held-out probe scored by lm-evaluation-harness itself (issue 17; optional extra: pip install 'ftpipe[lm-eval]')."""
+
+    task: str = Field(..., description="An lm-evaluation-harness task name, or a task YAML file (relative to the spec) whose "
+                                       "data is local; its relative data_files are relative to the YAML's folder.")
+    metric: str = Field("acc", pattern=r"^[A-Za-z0-9_]+$",
+                        description="The per-item metric of lm-eval's samples that is compared (acc, acc_norm, exact_match, ...).")
+    num_fewshot: int = Field(0, ge=0, le=64, description="Few-shot examples lm-eval puts in each prompt (the same for base and tuned).")
+
+    def is_file(self) -> bool:
+        """Whether `task` names a task YAML file rather than a registered task."""
+        return self.task.endswith((".yaml", ".yml"))
+
 
 class TaskSpec(Section):
     """One task: a data source, how rows become prompts and targets, and how outputs are scored."""
 
     name: str = Field(..., pattern=NAME_PATTERN, description="Task name, used in reports and file names.")
-    source: SourceSpec = Field(..., description="Where the rows come from (a string is a file path).")
+    source: SourceSpec | None = Field(
+        None, description="Where the rows come from (a string is a file path). Every kind needs one except lm_eval.")
+    lm_eval: LmEvalSpec | None = Field(None, description="kind lm_eval: the lm-evaluation-harness task that scores this probe.")
     kind: TaskKind = Field("exact_match", description="How outputs are scored; also picks the metric.")
     fields: dict[str, str] = Field(
         default_factory=dict, description="Template name -> source column, for columns named differently."
@@ -85,8 +109,11 @@ class TaskSpec(Section):
     weight: float = Field(1.0, gt=0, description="Mixing weight among training tasks.")
     max_items: int | None = Field(None, ge=1, le=1_000_000, description="Cap on evaluated items (deterministic sample).")
     max_new_tokens: int | None = Field(None, ge=1, le=4096, description="Generation length for this task (default: generation.max_new_tokens).")
-    max_train_rows: int | None = Field(None, ge=1, description="Cap on training rows taken from this task.")
+    max_train_rows: int | None = Field(None, ge=1, description="Cap on training rows taken from this task (conversations, for a conversation source).")
     prompt_words: int = Field(8, ge=1, le=10_000, description="Domain adaptation: words of each passage given as the prompt.")
+    assistant_turns: Literal["all", "last"] = Field(
+        "all", description="Conversation sources: train on every assistant turn (one training row each, the "
+                           "conversation before it as the prompt) or on the last one only.")
 
     @model_validator(mode="before")
     @classmethod
@@ -96,7 +123,38 @@ class TaskSpec(Section):
         return data
 
     @model_validator(mode="after")
+    def _conversation_fits(self) -> TaskSpec:
+        """A conversation source brings its own prompts and targets (issue 17): templates do not apply."""
+        if (self.source is None) != (self.kind == "lm_eval"):
+            raise ValueError("an lm_eval task reads its data through lm-eval (its task names it): remove source"
+                             if self.kind == "lm_eval" else "source is required (a file path, or path/hub/train)")
+        if (self.lm_eval is None) != (self.kind != "lm_eval"):
+            raise ValueError("kind lm_eval needs an lm_eval section (task: a task name or task YAML)"
+                             if self.kind == "lm_eval" else "an lm_eval section needs kind lm_eval")
+        if not self.is_conversation():
+            if self.assistant_turns != "all":
+                raise ValueError("assistant_turns applies to conversation sources (source.format messages or sharegpt)")
+            return self
+        problems = []
+        if self.kind not in CONVERSATION_KINDS:
+            problems.append(f"kind {self.kind} cannot score a conversation; use one of {', '.join(CONVERSATION_KINDS)} "
+                            f"(the final assistant turn is the reference)")
+        # Compared with the defaults, not model_fields_set: a run folder's spec.yaml writes every field out.
+        given = [k for k in ("prompt", "target", "labels", "choices", "answer", "tests")
+                 if getattr(self, k) != type(self).model_fields[k].default]
+        if given:
+            problems.append(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to a conversation source "
+                            f"(its turns are the prompts and targets); remove {'it' if len(given) == 1 else 'them'}")
+        if not self.chat_template:
+            problems.append("a conversation source is rendered with the chat template; remove chat_template: false")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
     def _kind_needs(self) -> TaskSpec:
+        if self.is_conversation() or self.kind == "lm_eval":
+            return self  # checked by _conversation_fits
         needs = {
             "classification": ["labels", "target"],
             "multiple_choice": ["choices", "answer"],
@@ -111,6 +169,10 @@ class TaskSpec(Section):
         if missing:
             raise ValueError(f"a {self.kind} task needs: {', '.join(missing)}")
         return self
+
+    def is_conversation(self) -> bool:
+        """Whether rows are multi-turn conversations (source.format messages or sharegpt)."""
+        return self.source is not None and self.source.conversation_field() is not None
 
     def choices_of(self, row: dict) -> list[str]:
         """The options of a multiple-choice row."""
@@ -444,6 +506,37 @@ class ComputeSpec(Section):
     distributed: DistributedSpec = Field(default_factory=DistributedSpec)
 
 
+class MlflowSpec(Section):
+    """MLflow tracking and Model Registry (issue 17; optional extra: pip install 'ftpipe[mlflow]').
+
+    Best effort: the run folder and ftpipe's history stay the source of truth, and an unreachable
+    tracking server is a warning, never a failed run.
+    """
+
+    tracking_uri: str | None = Field(
+        None, description="Tracking server or store: http://host:5000, sqlite:///mlflow.db, ... Unset: $MLFLOW_TRACKING_URI "
+                          "(else MLflow's own default).")
+    registry_uri: str | None = Field(None, description="Model Registry URI (default: the tracking URI).")
+    experiment: str | None = Field(None, description="Experiment name (default: the pipeline name).")
+    artifact_location: str | None = Field(
+        None, description="Where a new experiment stores artifacts (e.g. file:///data/mlartifacts; default: the server's).")
+    registered_model: str | None = Field(None, description="Registered model name (default: the pipeline name).")
+    alias: str = Field("champion", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$",
+                       description="Registry alias pointed at the promoted run's version (moved back on rollback).")
+    register_as: Literal["adapter", "merged", "none"] = Field(
+        "adapter", description="What a promotion registers as a model version: the adapter with its base reference, "
+                               "merged weights (a standalone Hugging Face folder), or nothing (runs are still logged).")
+    timeout_s: float = Field(5.0, gt=0, le=300, description="Seconds to wait for the tracking server before warning and going on.")
+
+
+class TrackingSpec(Section):
+    """Where runs are logged besides the run folder."""
+
+    mlflow: MlflowSpec | None = Field(
+        None, description="Log each run to MLflow and register promoted models; also on (with defaults) when "
+                          "$MLFLOW_TRACKING_URI is set.")
+
+
 class PipelineSpec(Section):
     """A whole fine-tuning job: what to tune, on what, how, and how to judge the result."""
 
@@ -461,6 +554,7 @@ class PipelineSpec(Section):
     gates: GatesSpec = Field(default_factory=GatesSpec)
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
     sweep: SweepSpec | None = Field(None, description="Search space of `ftpipe sweep` (not used by `ftpipe run`).")
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     @model_validator(mode="after")
     def _method_fits_tasks(self) -> PipelineSpec:
@@ -477,6 +571,9 @@ class PipelineSpec(Section):
             raise ValueError("domain_adaptation tasks must have kind perplexity (raw text)")
         if self.method != "domain_adaptation" and any(is_text):
             raise ValueError("perplexity tasks train only with method domain_adaptation")
+        probes = [t.name for t in self.tasks + ([self.data.replay.task] if self.data.replay else []) if t.kind == "lm_eval"]
+        if probes:
+            raise ValueError(f"kind lm_eval is a held-out probe (evaluation.held_out), not trained on: {', '.join(probes)}")
         return self
 
     @model_validator(mode="after")

@@ -35,8 +35,10 @@ def _relative(path: Path) -> str:
 
 
 def example_specs() -> list[Path]:
-    """Every example spec under pipelines/ (recursively; files starting with _ are bases for `extends`)."""
-    return sorted(p for p in (PROJECT_ROOT / "pipelines").rglob("*.yaml") if not p.name.startswith("_"))
+    """Every example spec under pipelines/ (recursively; files starting with _ are bases for `extends`, and
+    folders starting with _ hold other YAML, such as lm-eval task files)."""
+    folder = PROJECT_ROOT / "pipelines"
+    return sorted(p for p in folder.rglob("*.yaml") if not any(part.startswith("_") for part in p.relative_to(folder).parts))
 
 
 def golden_path(spec_path: Path) -> Path:
