@@ -44,7 +44,7 @@ def chat_prompt(tokenizer: Any, user_message: str, system_prompt: str | None = N
 def task_fields(task) -> set[str]:
     """Every field a task's templates and settings read (checked against the source's columns)."""
     names: set[str] = set()
-    for text in (task.prompt, task.target, task.tests):
+    for text in (task.prompt, task.target, task.tests, task.chosen, task.rejected):
         if text:
             names |= template_variables(text)
     names |= {n for n in (task.answer,) if n}
