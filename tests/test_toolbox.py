@@ -144,3 +144,89 @@ tasks:
     spec.write_text(spec.read_text().replace("{{ rejected }}", "{{ worse }}"))
     with pytest.raises(SpecError, match="template names missing field 'worse'"):
         validate_spec(spec)
+
+
+@pytest.mark.parametrize("loss, beta", [("dpo", 0.1), ("orpo", 0.2)])
+def test_preference_loss_matches_hand_computation(tmp_path, tiny_llama_dir, loss, beta):
+    """The loss ftpipe's step computes inside Ludwig (a padded batch, Ludwig's own forward and label alignment)
+    equals an independent computation: plain transformers + PEFT from the saved adapter, one unpadded row at
+    a time, the reference under `disable_adapter()`."""
+    import pandas as pd
+    import torch
+    import torch.nn.functional as F
+    from ludwig.callbacks import Callback
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftpipe.data.rendering import preference_separator
+    from ftpipe.spec import PipelineSpec
+    from ftpipe.training import CompileContext, compile_spec, ludwig_compat
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
+    sep = preference_separator(tok)
+    sep_id = tok.convert_tokens_to_ids(sep)
+    pairs = [("Q: 2+2?\nA:", " 4", " 5"), ("Q: capital of France?\nA:", " Paris", " London is the capital"),
+             ("Q: colour of the sky on a clear day?\nA:", " blue", " green"), ("Q: opposite of hot?\nA:", " cold", " warm and sunny")]
+    frame = pd.DataFrame({"prompt": [p for p, _, _ in pairs], "target": [c + sep + r for _, c, r in pairs], "split": [0] * 4})
+    spec = PipelineSpec.model_validate({
+        "name": "p", "base_model": "tiny-llama", "method": "preference", "preference": {"loss": loss, "beta": beta},
+        "adapter": {"type": "lora", "dropout": 0.0},
+        "tasks": [{"name": "a", "source": "x.jsonl", "kind": "preference", "prompt": "{{ p }}", "chosen": "{{ c }}",
+                   "rejected": "{{ r }}"}],
+        "training": {"max_steps": 3, "batch_size": 4, "learning_rate": 0.02, "lr_schedule": "constant"}})
+    encode = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
+    config = compile_spec(spec, CompileContext(
+        base_model=str(tiny_llama_dir), max_prompt_tokens=max(len(encode(p)) for p in frame.prompt),
+        max_target_tokens=max(len(encode(t)) for t in frame.target) + 1, has_validation=False))
+    ludwig_compat.check_config(config)
+    record, batches = [], []
+
+    class Grab(Callback):  # after the preference callback: sees its step
+        def on_trainer_train_setup(self, trainer, save_path, is_coordinator, **kwargs):
+            step = trainer.train_step
+
+            def grab(inputs, targets, *args, **kw):
+                batches.append(({k: v.clone() for k, v in inputs.items()}, {k: v.clone() for k, v in targets.items()}))
+                return step(inputs, targets, *args, **kw)
+
+            trainer.train_step = grab
+
+    model, _, saved = ludwig_compat.train_model(
+        config, frame, tmp_path, seed=0, callbacks=[ludwig_compat.make_preference_callback(loss, beta, sep_id, record), Grab()])
+    assert len(record) == 3
+    if loss == "dpo":
+        assert record[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # LoRA B = 0: policy == reference
+    llm = model.model
+    llm.eval()
+    inputs, targets = batches[0]
+    assert (inputs["prompt"] == 0).any(), "the batch must be padded for the comparison to mean something"
+    with torch.no_grad():
+        ludwig_side, parts, _ = ludwig_compat.preference_loss(llm, llm, inputs, targets, loss=loss, beta=beta, sep_id=sep_id)
+
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir)),
+                                     str(saved / "model_weights")).eval()
+
+    def reply_logp(prompt: str, reply: str) -> tuple[float, int]:
+        ids = encode(prompt) + encode(reply) + [tok.eos_token_id]
+        n = len(encode(reply)) + 1
+        logp = torch.log_softmax(peft(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+        return sum(float(logp[t - 1, ids[t]]) for t in range(len(ids) - n, len(ids))), n
+
+    rows = []
+    with torch.no_grad():
+        for p, c, r in pairs:
+            (lc, nc), (lr, nr) = reply_logp(p, c), reply_logp(p, r)
+            with peft.disable_adapter():
+                rc, rr = reply_logp(p, c)[0], reply_logp(p, r)[0]
+            rows.append((lc, nc, lr, nr, rc, rr))
+    log_sigmoid = lambda x: float(F.logsigmoid(torch.tensor(x, dtype=torch.float64)))  # noqa: E731
+    if loss == "dpo":
+        hand = sum(-log_sigmoid(beta * ((lc - rc) - (lr - rr))) for lc, nc, lr, nr, rc, rr in rows) / len(rows)
+        assert sorted(parts["ref_chosen"].tolist()) == pytest.approx(sorted(row[4] for row in rows), abs=1e-4)
+    else:
+        log_odds = lambda m: m - math.log1p(-math.exp(m))  # noqa: E731
+        nll = -sum(row[0] for row in rows) / sum(row[1] for row in rows)
+        hand = nll - beta * sum(log_sigmoid(log_odds(lc / nc) - log_odds(lr / nr)) for lc, nc, lr, nr, _, _ in rows) / len(rows)
+    assert sorted(parts["logp_chosen"].tolist()) == pytest.approx(sorted(row[0] for row in rows), abs=1e-4)  # batch order
+    assert float(ludwig_side) == pytest.approx(hand, abs=1e-5)
+    assert record[-1]["loss"] != record[0]["loss"]  # it trained

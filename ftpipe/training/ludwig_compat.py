@@ -515,13 +515,14 @@ def trainable_parameters(model) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------
 
 PROMPT_LEARNING_TYPES = ("prompt_tuning", "prefix_tuning")
+_REGISTERED_BY_FTPIPE: dict[str, type] = {}
 
 
 def prompt_learning_unregistered() -> bool:
     """True while stock Ludwig registers neither prompt_tuning nor prefix_tuning (only ftpipe's classes are there)."""
     from ludwig.schema.llms.peft import adapter_registry
 
-    return all(name not in adapter_registry or getattr(adapter_registry[name], "_ftpipe", False)
+    return all(name not in adapter_registry or adapter_registry[name] is _REGISTERED_BY_FTPIPE.get(name)
                for name in PROMPT_LEARNING_TYPES)
 
 
@@ -536,7 +537,6 @@ def _register_prompt_learning_adapters() -> None:
 
     @register_adapter("prompt_tuning")
     class PromptTuningAdapterConfig(BasePromptLearningConfig):
-        _ftpipe = True
         type: str = schema_utils.ProtectedString("prompt_tuning", description="PEFT prompt tuning (a soft prompt).")
         prompt_tuning_init: str = schema_utils.StringOptions(["RANDOM", "TEXT"], default="RANDOM",
                                                              description="How the virtual token embeddings start.")
@@ -566,7 +566,6 @@ def _register_prompt_learning_adapters() -> None:
 
     @register_adapter("prefix_tuning")
     class PrefixTuningAdapterConfig(BasePromptLearningConfig):
-        _ftpipe = True
         type: str = schema_utils.ProtectedString("prefix_tuning", description="PEFT prefix tuning.")
         prefix_projection: bool = schema_utils.Boolean(default=False, description="Reparametrise through an MLP.")
 
@@ -584,6 +583,7 @@ def _register_prompt_learning_adapters() -> None:
         def description(cls):
             return "Trained key/value prefixes in every attention layer (registered by ftpipe)."
 
+    _REGISTERED_BY_FTPIPE.update(prompt_tuning=adapter_registry["prompt_tuning"], prefix_tuning=adapter_registry["prefix_tuning"])
     get_schema.cache_clear()
 
 
@@ -927,7 +927,7 @@ def make_preference_callback(loss: str, beta: float, sep_id: int, record: list |
                                                              loss=loss, beta=beta, sep_id=sep_id)
                         value = value / trainer.gradient_accumulation_steps
                 if record is not None:
-                    record.append({"loss": float(value), **{k: v.tolist() for k, v in parts.items()}})
+                    record.append({"loss": float(value.detach()), **{k: v.tolist() for k, v in parts.items()}})
                 trainer._backward_pass(value)
                 if should_step:
                     trainer._optimizer_step(trainer.dist_model.parameters())
