@@ -45,25 +45,29 @@ def test_prompt_tuning_end_to_end(tmp_path, tiny_llama_dir):
     assert "Trainable parameters: 1,024 of" in text and "default LoRA (r 8 on q_proj, v_proj) trains 3,584" in text
 
 
-def test_soft_prompt_evaluation_is_independent_of_padding(tmp_path, tiny_llama_dir):
-    """Batched generation and log-likelihoods of a prompt-tuned model equal one prompt at a time, and PEFT's own
-    unpadded single-row generation (PEFT's batched path would put the soft prompt before the padding)."""
+@pytest.mark.parametrize("adapter, virtual", [
+    ("{type: prompt_tuning, num_virtual_tokens: 16, init: random}", 16), ("{type: prefix_tuning, num_virtual_tokens: 8}", 0),
+], ids=["prompt_tuning", "prefix_tuning"])
+def test_soft_prompt_evaluation_is_independent_of_padding(tmp_path, tiny_llama_dir, adapter, virtual):
+    """Batched generation, log-likelihoods and text NLL of a soft-prompted model equal one prompt at a time, and
+    PEFT's own unpadded single-row generation (PEFT's batched prompt tuning puts the soft prompt before the padding)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from ftpipe.evaluation.generation import ModelSpec, load_model
 
-    run = run_pipeline(PIPELINES / "prompt_tuning.yaml", QUICK + ["adapter.init=random", "adapter.init_text=null",
-                                                                  "training.learning_rate=0.3"], tmp_path, evaluate=False).run_dir
+    run = run_pipeline(PIPELINES / "prompt_tuning.yaml", QUICK + [f"adapter={adapter}", "training.learning_rate=0.3"],
+                       tmp_path, evaluate=False).run_dir
     model = load_model(ModelSpec(base_path=str(tiny_llama_dir), adapter_path=str(run / "adapter"), device="cpu"))
-    assert model.soft_prompt_tokens == 16
+    assert model.soft_prompt_tokens == virtual  # prefix tuning needs no layout of ours: PEFT's prefix has no position
     prompts = ["Route this ticket: my card was charged twice.", "Hi", "Where is my parcel? It has been two weeks now.", "Reset"]
     batched = model.generate(prompts, max_new_tokens=5, batch_size=4)
     assert batched == [model.generate([p], max_new_tokens=5, batch_size=1)[0] for p in prompts]
     lls = model.loglikelihood(prompts, [" refund"] * 4, batch_size=4)
     for p, (ll, n) in zip(prompts, lls):
         assert ll == pytest.approx(model.loglikelihood([p], [" refund"], batch_size=1)[0][0], abs=1e-4)
+    assert model.text_nll(prompts, batch_size=4)[0] == pytest.approx(sum(model.text_nll([p])[0] for p in prompts), abs=1e-3)
     peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir)), str(run / "adapter")).eval()
     ids = model.tokenizer(prompts[0], add_special_tokens=False, return_tensors="pt").input_ids
     with torch.no_grad():

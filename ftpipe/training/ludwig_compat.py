@@ -10,6 +10,9 @@ Bugs sidestepped by configuration instead of patches (see shared/LUDWIG.md):
 - unknown keys silently dropped: `check_config` fails when Ludwig did not keep a key we set;
 - wrong LLM eval metrics and one-row-at-a-time generation: the evaluator scores its own
   batched generations (ftpipe/evaluation/generation.py) and never uses Ludwig's evaluate/predict.
+Issue 15 (docs/toolbox.md): workaround 2 registers prompt and prefix tuning, 3 fixes prompt tuning in
+LLM.forward, 4 makes the `llm` encoder of an ECD model (a task head) honour its adapter, mask its
+padding and stay frozen without one, 5 replaces Ludwig's reference-free DPO by ftpipe's DPO/ORPO step.
 """
 
 from __future__ import annotations
