@@ -234,3 +234,60 @@ def test_preference_loss_matches_hand_computation(tmp_path, tiny_llama_dir, loss
     assert sorted(parts["logp_chosen"].tolist()) == pytest.approx(sorted(row[0] for row in rows), abs=1e-4)  # batch order
     assert float(ludwig_side) == pytest.approx(hand, abs=1e-5)
     assert record[-1]["loss"] != record[0]["loss"]  # it trained
+
+
+HEAD_TASK = {"name": "t", "source": "x.jsonl", "kind": "classification", "labels": ["a", "b"], "target": "{{ y }}"}
+PAIR_TASK = {"name": "p", "source": "x.jsonl", "kind": "preference", "prompt": "{{ q }}", "chosen": "{{ c }}", "rejected": "{{ r }}"}
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"method": "classification_head", "tasks": [HEAD_TASK]}, "set evaluation.few_shot"),
+    ({"method": "classification_head", "tasks": [HEAD_TASK], "adapter": {"type": "full"}, "evaluation": {"few_shot": 2}},
+     "adapter lora or keeps it frozen"),
+    ({"method": "classification_head", "tasks": [{**HEAD_TASK, "kind": "exact_match"}], "evaluation": {"few_shot": 2}},
+     "one task of kind classification"),
+    ({"tasks": [HEAD_TASK], "adapter": {"type": "frozen"}}, "needs method classification_head"),
+    ({"method": "preference", "tasks": [PAIR_TASK], "adapter": {"type": "full"}}, "DPO uses the base model with its adapter"),
+    ({"method": "preference", "tasks": [HEAD_TASK]}, "method preference trains tasks of kind preference"),
+    ({"tasks": [PAIR_TASK]}, "preference tasks train only with method preference"),
+    ({"tasks": [HEAD_TASK], "preference": {"loss": "orpo"}}, "applies to method preference only"),
+    ({"method": "preference", "tasks": [{**PAIR_TASK, "rejected": None}]}, "a preference task needs: rejected"),
+    ({"tasks": [HEAD_TASK], "adapter": {"type": "prompt_tuning", "init": "text"}}, "init text needs init_text"),
+    ({"tasks": [HEAD_TASK], "adapter": {"type": "prompt_tuning", "init": "random"},
+      "compute": {"distributed": {"strategy": "ddp", "processes_per_node": 2}}}, "trains in one process only"),
+], ids=["head-needs-few-shot", "head-body", "head-kind", "frozen-elsewhere", "dpo-needs-peft", "preference-kind",
+        "preference-task-elsewhere", "preference-section-elsewhere", "preference-fields", "prompt-init-text",
+        "soft-prompt-distributed"])
+def test_toolbox_specs_refused_with_the_fix(spec, message):
+    from pydantic import ValidationError
+
+    from ftpipe.spec import PipelineSpec
+
+    with pytest.raises(ValidationError, match=message):
+        PipelineSpec.model_validate({"name": "x", "base_model": "tiny-llama", **spec})
+
+
+def test_toolbox_specs_accepted():
+    from ftpipe.spec import PipelineSpec
+
+    orpo = PipelineSpec.model_validate({"name": "x", "base_model": "tiny-llama", "method": "preference",
+                                        "tasks": [PAIR_TASK], "adapter": {"type": "full"}, "preference": {"loss": "orpo"}})
+    assert orpo.preference.loss == "orpo"  # ORPO needs no reference model, so full fine-tuning is fine
+    held = PipelineSpec.model_validate({"name": "x", "base_model": "tiny-llama", "tasks": [HEAD_TASK],
+                                        "evaluation": {"held_out": [{**PAIR_TASK, "name": "pairs"}]}})
+    assert held.evaluation.held_out[0].kind == "preference"  # as a held-out probe it fits any method
+
+
+def test_preference_margin_and_packed_target_split():
+    import torch
+
+    from ftpipe.evaluation.metrics import preference_margin
+    from ftpipe.training.ludwig_compat import split_packed_target
+
+    assert preference_margin((-2.0, 2), (-9.0, 10)) == pytest.approx(7.0)
+    assert preference_margin((-2.0, 2), (-9.0, 10), normalized=True) == pytest.approx(-0.1)  # longer but likelier per token
+    packed = torch.tensor([[0, 0, 7, 8, 3, 9], [0, 7, 3, 9, 9, 9]])
+    chosen, rejected = split_packed_target(packed, sep_id=3, pad_id=0)
+    assert chosen.tolist() == [[7, 8], [0, 7]] and rejected.tolist() == [[0, 0, 9], [9, 9, 9]]
+    with pytest.raises(Exception, match="2 separator tokens"):
+        split_packed_target(torch.tensor([[7, 3, 8, 3]]), sep_id=3, pad_id=0)
