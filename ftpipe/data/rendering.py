@@ -193,7 +193,7 @@ def preference_separator(tokenizer: Any) -> str:
     reserved = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id}
     try:
         template = chat_prompt(tokenizer, "x", "y") + chat_prompt(tokenizer, "x")
-    except Exception:  # no chat template: nothing to avoid
+    except ValueError:  # no chat template: nothing to avoid
         template = ""
     for token_id, token in sorted(getattr(tokenizer, "added_tokens_decoder", {}).items()):
         if not token.special or token_id in reserved or token.content in template:
