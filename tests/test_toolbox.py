@@ -32,8 +32,17 @@ def report_of(run_dir: Path) -> dict:
     return report
 
 
-def test_prompt_tuning_end_to_end(tmp_path, tiny_llama_dir):
-    run = run_pipeline(PIPELINES / "prompt_tuning.yaml", QUICK, tmp_path).run_dir
+@pytest.fixture(scope="module")
+def prompt_tuned_run(tiny_llama_dir, tmp_path_factory) -> Path:
+    """One trained and evaluated prompt-tuning run of the example spec on the tiny model (its own history database)."""
+    root = tmp_path_factory.mktemp("prompt_tuning")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FTPIPE_HISTORY_DB", str(root / "history.sqlite"))
+        return run_pipeline(PIPELINES / "prompt_tuning.yaml", QUICK, root).run_dir
+
+
+def test_prompt_tuning_end_to_end(prompt_tuned_run):
+    run = prompt_tuned_run
     report = report_of(run)
     config = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert config["peft_type"] == "PROMPT_TUNING" and config["num_virtual_tokens"] == 16
@@ -45,10 +54,9 @@ def test_prompt_tuning_end_to_end(tmp_path, tiny_llama_dir):
     assert "Trainable parameters: 1,024 of" in text and "default LoRA (r 8 on q_proj, v_proj) trains 3,584" in text
 
 
-@pytest.mark.parametrize("adapter, virtual", [
-    ("{type: prompt_tuning, num_virtual_tokens: 16, init: random}", 16), ("{type: prefix_tuning, num_virtual_tokens: 8}", 0),
-], ids=["prompt_tuning", "prefix_tuning"])
-def test_soft_prompt_evaluation_is_independent_of_padding(tmp_path, tiny_llama_dir, adapter, virtual):
+@pytest.mark.parametrize("adapter, virtual", [(None, 16), ("{type: prefix_tuning, num_virtual_tokens: 8}", 0)],
+                         ids=["prompt_tuning", "prefix_tuning"])
+def test_soft_prompt_evaluation_is_independent_of_padding(request, tmp_path, tiny_llama_dir, adapter, virtual):
     """Batched generation, log-likelihoods and text NLL of a soft-prompted model equal one prompt at a time, and
     PEFT's own unpadded single-row generation (PEFT's batched prompt tuning puts the soft prompt before the padding)."""
     import torch
@@ -57,8 +65,11 @@ def test_soft_prompt_evaluation_is_independent_of_padding(tmp_path, tiny_llama_d
 
     from ftpipe.evaluation.generation import ModelSpec, load_model
 
-    run = run_pipeline(PIPELINES / "prompt_tuning.yaml", QUICK + [f"adapter={adapter}", "training.learning_rate=0.3"],
-                       tmp_path, evaluate=False).run_dir
+    if adapter is None:  # the example's prompt-tuning run
+        run = request.getfixturevalue("prompt_tuned_run")
+    else:
+        run = run_pipeline(PIPELINES / "prompt_tuning.yaml", QUICK + [f"adapter={adapter}", "training.learning_rate=0.3"],
+                           tmp_path, evaluate=False).run_dir
     model = load_model(ModelSpec(base_path=str(tiny_llama_dir), adapter_path=str(run / "adapter"), device="cpu"))
     assert model.soft_prompt_tokens == virtual  # prefix tuning needs no layout of ours: PEFT's prefix has no position
     prompts = ["Route this ticket: my card was charged twice.", "Hi", "Where is my parcel? It has been two weeks now.", "Reset"]
