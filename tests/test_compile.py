@@ -20,7 +20,8 @@ EXAMPLES = example_specs()
 
 def test_every_example_kind_is_present():
     names = {p.stem for p in EXAMPLES}
-    assert {"demo", "instruction_lora", "multitask_replay", "qlora", "full_finetune", "domain_adaptation"} <= names
+    assert {"demo", "instruction_lora", "multitask_replay", "qlora", "full_finetune", "domain_adaptation",
+            "prompt_tuning", "classification_head", "preference_dpo"} <= names
 
 
 @pytest.mark.parametrize("spec_path", EXAMPLES, ids=lambda p: p.stem)
@@ -30,7 +31,8 @@ def test_example_compiles_passes_ludwig_and_matches_committed_config(spec_path: 
     assert golden.exists(), f"{golden} is missing: run `make configs`"
     assert golden.read_text() == text, f"{golden} is stale: run `make configs`"
     resolved = ludwig_compat.check_config(config)  # raises if Ludwig rejected, dropped or changed a key
-    assert resolved["model_type"] == "llm" and resolved["backend"]["type"] == "local"
+    expected = "ecd" if spec_path.stem == "classification_head" else "llm"  # a new head on the LLM is an ECD model
+    assert resolved["model_type"] == expected and resolved["backend"]["type"] == "local"
 
 
 def test_compile_is_pure_and_explicit(tiny_llama_dir):
@@ -59,6 +61,11 @@ ADAPTERS = st.one_of(
     st.builds(lambda r: {"type": "lokr", "r": r}, st.integers(1, 16)),
     st.just({"type": "ia3"}),
     st.builds(lambda r: {"type": "adalora", "r": r}, st.integers(2, 16)),
+    st.builds(lambda n, text: {"type": "prompt_tuning", "num_virtual_tokens": n, "init": "text", "init_text": text},
+              st.integers(1, 64), st.sampled_from(["Answer:", "Route the ticket to one team."])),
+    st.builds(lambda n: {"type": "prompt_tuning", "num_virtual_tokens": n, "init": "random"}, st.integers(1, 64)),
+    st.builds(lambda n, proj: {"type": "prefix_tuning", "num_virtual_tokens": n, "prefix_projection": proj},
+              st.integers(1, 64), st.booleans()),
 )
 TRAINING = st.fixed_dictionaries({
     "epochs": st.integers(1, 20),

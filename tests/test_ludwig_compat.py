@@ -112,3 +112,128 @@ def test_whole_chat_prompt_reaches_model_with_padding_masked(tiny_llama_dir, tmp
         matching = [t for t in texts if user in t]
         assert matching, f"user turn missing from the model input: {user[:40]}"
         assert all("You route tickets." in t and t.rstrip().endswith("billing<|im_end|>") or "billing" in t for t in matching)
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 15: soft prompts, a head on the LLM, preference tuning
+# --------------------------------------------------------------------------------------------
+
+
+def toolbox_spec(adapter: dict, **extra) -> PipelineSpec:
+    return PipelineSpec.model_validate({
+        "name": "t", "base_model": "tiny-llama", "adapter": adapter,
+        "tasks": [{"name": "a", "source": "x.jsonl", "kind": "classification", "labels": ["yes", "no"], "target": "{{ y }}"}],
+        "training": {"epochs": 1, "batch_size": 4, "evaluate_during_training": False}, **extra,
+    })
+
+
+def test_upstream_prompt_learning_adapters_still_missing():
+    """Workaround 2 (registering prompt_tuning and prefix_tuning) is needed while stock Ludwig lacks them."""
+    assert ludwig_compat.prompt_learning_unregistered()
+
+
+@pytest.mark.parametrize("adapter", [
+    {"type": "prompt_tuning", "num_virtual_tokens": 4, "init": "text", "init_text": "Answer yes or no."},
+    {"type": "prompt_tuning", "num_virtual_tokens": 4, "init": "random"},
+    {"type": "prefix_tuning", "num_virtual_tokens": 4},
+], ids=["prompt-text", "prompt-random", "prefix"])
+def test_soft_prompt_configs_pass_ludwig_with_every_key_kept(tiny_llama_dir, adapter):
+    config = compile_spec(toolbox_spec(adapter), CompileContext(base_model=str(tiny_llama_dir), max_prompt_tokens=16,
+                                                                max_target_tokens=3, has_validation=False))
+    resolved = ludwig_compat.check_config(config)  # raises if Ludwig refused, dropped or changed a key
+    assert resolved["adapter"]["type"] == adapter["type"] and resolved["adapter"]["num_virtual_tokens"] == 4
+
+
+def test_upstream_llm_forward_keeps_virtual_token_logits():
+    """Workaround 3 (the soft prompt's logits dropped, placed after the padding) is needed while this holds."""
+    assert ludwig_compat.llm_forward_keeps_virtual_token_logits()
+
+
+def test_soft_prompt_rows_train_as_they_compute_alone(tiny_llama_dir, tmp_path):
+    """With workaround 3 a prompt-tuned LLM's batch (rows left-padded to different lengths) gives each row the
+    log-likelihood it has alone: Ludwig's loss is the one inference sees. Stock Ludwig cannot train it at all."""
+    from ludwig.callbacks import Callback
+
+    config = compile_spec(toolbox_spec({"type": "prompt_tuning", "num_virtual_tokens": 4, "init": "random"}, training={
+        "max_steps": 1, "batch_size": 4, "evaluate_during_training": False}),
+        CompileContext(base_model=str(tiny_llama_dir), max_prompt_tokens=24, max_target_tokens=3, has_validation=False))
+    prompts = ["Is water wet?", "Is the sun cold at noon in the middle of summer?", "Yes?", "Do fish swim in the sea?"]
+    frame = pd.DataFrame({"prompt": prompts, "target": ["yes", "no", "no", "yes"], "split": [0] * 4})
+    checked = []
+
+    class Compare(Callback):
+        def on_trainer_train_setup(self, trainer, save_path, is_coordinator, **kwargs):
+            step = trainer.train_step
+
+            def compare(inputs, targets, *args, **kw):
+                llm = trainer.model
+                with torch.no_grad():
+                    together = ludwig_compat.completion_logps(llm, llm, inputs, "target", targets["target"])[0]
+                    alone = [float(ludwig_compat.completion_logps(llm, llm, {k: v[i:i + 1] for k, v in inputs.items()},
+                                                                  "target", targets["target"][i:i + 1])[0][0])
+                             for i in range(len(together))]
+                checked.append((inputs["prompt"], together.tolist(), alone))
+                return step(inputs, targets, *args, **kw)
+
+            trainer.train_step = compare
+
+    ludwig_compat.train_model(ludwig_compat.check_config(config) and config, frame, tmp_path, seed=0,
+                              callbacks=[Compare()], save_model=False)
+    [(ids, together, alone)] = checked
+    assert (ids == 0).sum(-1).unique().numel() > 1, "rows must carry different amounts of padding"
+    assert together == pytest.approx(alone, abs=1e-4)
+
+
+def test_upstream_ecd_adapter_not_applied():
+    """Workaround 4a (an LLM encoder's adapter silently ignored by ECD.prepare_for_training) is needed while this holds."""
+    assert ludwig_compat.ecd_adapter_not_applied()
+
+
+def test_upstream_llm_encoder_attends_padding():
+    """Workaround 4b (the LLM encoder runs without an attention mask) is needed while this holds."""
+    assert ludwig_compat.llm_encoder_attends_padding()
+
+
+@pytest.mark.parametrize("adapter", [{"type": "lora", "r": 4}, {"type": "frozen"}], ids=["lora", "frozen"])
+def test_exported_head_predicts_what_ludwig_predicts(tiny_llama_dir, tmp_path, adapter):
+    """Train a head on the tiny LLM through Ludwig, export it, and score it with the evaluator (transformers + PEFT,
+    no Ludwig): the same class probabilities as Ludwig's own predict. Only the adapter (or nothing) and the head train."""
+    from ftpipe.evaluation.generation import ModelSpec, load_head, load_model
+
+    spec = toolbox_spec(adapter, method="classification_head", evaluation={"few_shot": 1}, training={
+        "max_steps": 2, "batch_size": 4, "learning_rate": 0.01, "evaluate_during_training": False})
+    texts = ["the bread", "I saw a truck today", "look at that horse over there near the old house", "soup",
+             "a bus", "my cat", "the rice", "a plane"]
+    labels = ["yes", "no", "no", "yes", "no", "no", "yes", "no"]
+    config = compile_spec(spec, CompileContext(base_model=str(tiny_llama_dir), max_prompt_tokens=12, max_target_tokens=1,
+                                               has_validation=False))
+    model, _, _ = ludwig_compat.train_model(ludwig_compat.check_config(config) and config,
+                                            pd.DataFrame({"prompt": texts, "target": labels, "split": [0] * 8}), tmp_path,
+                                            seed=0, save_model=False)
+    trainable = {n for n, p in model.model.named_parameters() if p.requires_grad}
+    assert all("lora_" in n or "decoder_obj" in n for n in trainable) and any("decoder_obj" in n for n in trainable)
+    assert any("lora_" in n for n in trainable) == (adapter["type"] == "lora")
+    has_adapter = ludwig_compat.export_classification_head(model, tmp_path / "head", tmp_path / "adapter")
+    assert has_adapter == (adapter["type"] == "lora")
+    predicted = model.predict(pd.DataFrame({"prompt": texts}))[0]
+    head = load_head(tmp_path / "head")
+    ludwig_probs = [[float(row[f"target_probabilities_{label}"]) for label in head.labels] for _, row in predicted.iterrows()]
+    evaluator = load_model(ModelSpec(base_path=str(tiny_llama_dir), device="cpu",
+                                     adapter_path=str(tmp_path / "adapter") if has_adapter else None))
+    ours = evaluator.classify(head, texts, batch_size=3)
+    for theirs, mine in zip(ludwig_probs, ours):
+        assert mine == pytest.approx(theirs, abs=1e-4)
+
+
+def test_upstream_stock_dpo_is_reference_free():
+    """Workaround 5 (ftpipe's own DPO/ORPO step; the stock trainer types refused) is needed while this holds."""
+    assert ludwig_compat.stock_dpo_is_reference_free()
+
+
+@pytest.mark.parametrize("trainer_type", ["dpo", "orpo"])
+def test_check_config_refuses_stock_preference_trainers(tiny_llama_dir, trainer_type):
+    config = compile_spec(tiny_spec(), CompileContext(base_model=str(tiny_llama_dir), max_prompt_tokens=16, max_target_tokens=3))
+    config["trainer"]["type"] = trainer_type
+    config.pop("adapter")
+    with pytest.raises(CompileError, match=f"trainer type {trainer_type} .* falls back to cross-entropy"):
+        ludwig_compat.check_config(config)

@@ -165,7 +165,7 @@ def test_perplexity():
 def test_metric_kinds_and_direction():
     assert METRIC_KINDS == (
         "exact_match", "contains", "classification", "rouge_l",
-        "numeric", "code", "multiple_choice", "perplexity", "lm_eval",
+        "numeric", "code", "multiple_choice", "perplexity", "lm_eval", "preference",
     )
     assert [k for k in METRIC_KINDS if not higher_is_better(k)] == ["perplexity"]
     with pytest.raises(ValueError):

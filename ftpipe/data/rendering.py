@@ -8,7 +8,8 @@ from typing import Any
 
 from ftpipe.data import conversations as conv
 from ftpipe.data.items import EvalItem
-from ftpipe.data.templates import ChatWrapper, render, task_fields, template_variables
+from ftpipe.data.templates import ChatWrapper, chat_prompt, render, task_fields, template_variables
+from ftpipe.errors import DataError
 from ftpipe.spec import TaskSpec
 
 
@@ -34,6 +35,14 @@ class Renderer:
         self.tokenizer = tokenizer
         self.task = task
         self._chat = ChatWrapper(tokenizer, task.system_prompt) if task.chat_template and task.kind != "perplexity" else None
+        self._separator: str | None = None
+
+    @property
+    def separator(self) -> str:
+        """The special token that packs a preference pair into one training target (see `preference_separator`)."""
+        if self._separator is None:
+            self._separator = preference_separator(self.tokenizer)
+        return self._separator
 
     def wrap(self, user_message: str) -> str:
         return self._chat(user_message) if self._chat is not None else user_message
@@ -58,7 +67,7 @@ class Renderer:
         if missing:
             return "empty", f"field '{missing}' is missing or empty"
         list_fields = ({t.choices} if isinstance(t.choices, str) else set()) | ({t.answer} if t.kind == "contains" and t.answer else set())
-        texts = set().union(*(template_variables(x) for x in (t.prompt, t.target, t.tests) if x))
+        texts = set().union(*(template_variables(x) for x in (t.prompt, t.target, t.tests, t.chosen, t.rejected) if x))
         for name in sorted(texts - list_fields):
             if isinstance(row.get(name), (dict, list)):
                 kind = "an object" if isinstance(row[name], dict) else "a list"
@@ -69,6 +78,8 @@ class Renderer:
                 return "label", f"label {label!r} is not one of the task's labels ({', '.join(t.labels)})"
         if t.kind == "multiple_choice":
             return self._choice_problem(row)
+        if t.kind == "preference":
+            return self._preference_problem(row)
         if t.kind == "contains" and t.answer and not [a for a in as_list(row[t.answer]) if str(a).strip()]:
             return "empty", f"field '{t.answer}' has no accepted answer"
         return None
@@ -153,6 +164,20 @@ class Renderer:
                         reference=reference, answers=[reference],
                         messages=conv.as_messages(turns[:last], self.task.system_prompt))
 
+    def _preference_problem(self, row: dict) -> tuple[str, str] | None:
+        t = self.task
+        replies = {"chosen": render(t.chosen, row), "rejected": render(t.rejected, row)}
+        for name, text in replies.items():
+            if not text.strip():
+                return "empty", f"the {name} reply renders empty"
+        if " ".join(replies["chosen"].split()) == " ".join(replies["rejected"].split()):
+            return "preference", "the chosen and rejected replies are the same text"
+        for name, text in {"prompt": render(t.prompt, row), **replies}.items():
+            if self.separator in text:
+                return "separator", (f"the {name} text contains {self.separator!r}, the special token ftpipe packs "
+                                     "preference pairs with for this tokenizer")
+        return None
+
     def canonical_label(self, label: str) -> str | None:
         """The label as the task's `labels` spell it (case and surrounding spaces ignored), or None."""
         if not hasattr(self, "_labels"):
@@ -180,6 +205,8 @@ class Renderer:
             target = t.choices_of(row)[int(float(row[t.answer]))]
         elif t.kind == "classification":
             target = self.canonical_label(render(t.target, row))
+        elif t.kind == "preference":  # Ludwig has one target column: the step splits it back (ludwig_compat)
+            target = render(t.chosen, row) + self.separator + render(t.rejected, row)
         elif t.target is not None:
             target = render(t.target, row)
         else:
@@ -202,6 +229,10 @@ class Renderer:
         elif t.kind == "classification":
             item.reference = self.canonical_label(render(t.target, row))
             item.answers = [item.reference]
+        elif t.kind == "preference":
+            item.choices = [render(t.chosen, row), render(t.rejected, row)]
+            item.answer_index = 0
+            item.reference = item.choices[0]
         else:
             item.reference = render(t.target, row) if t.target else None
             item.answers = [str(a) for a in as_list(row[t.answer])] if t.answer else ([item.reference] if item.reference else [])
@@ -209,6 +240,31 @@ class Renderer:
         if t.tests:
             item.tests = render(t.tests, row)
         return item
+
+
+def preference_separator(tokenizer: Any) -> str:
+    """The special token packing a preference pair into Ludwig's single target column: `chosen SEP rejected`.
+
+    Ludwig's LLM model has one text output, so both replies travel in it and the preference step
+    (ftpipe.training.ludwig_compat) splits the tokenized target at this token. It is the tokenizer's first
+    special token (by id) that is not its pad, BOS, EOS or UNK token and does not occur in its chat template
+    (SmolLM2: `<repo_name>`, id 3); rows whose text contains it are bad rows.
+
+    Raises:
+        DataError: The tokenizer has no such token.
+    """
+    reserved = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id}
+    try:
+        template = chat_prompt(tokenizer, "x", "y") + chat_prompt(tokenizer, "x")
+    except ValueError:  # no chat template: nothing to avoid
+        template = ""
+    for token_id, token in sorted(getattr(tokenizer, "added_tokens_decoder", {}).items()):
+        if not token.special or token_id in reserved or token.content in template:
+            continue
+        if tokenizer.encode(token.content, add_special_tokens=False) == [token_id]:
+            return token.content
+    raise DataError("the base model's tokenizer has no spare special token to pack preference pairs with",
+                    hint="preference tuning needs a tokenizer with an unused special token (SmolLM2's tokenizer has several)")
 
 
 def as_list(value: Any) -> list:

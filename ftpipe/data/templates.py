@@ -124,7 +124,7 @@ def task_fields(task) -> set[str]:
     if task.source.conversation_field():
         return {task.source.conversation_field()}  # a conversation's turns are its prompts and targets
     choices = (task.choices,) if isinstance(task.choices, str) else tuple(task.choices or ())
-    return set(_task_fields((task.prompt, task.target, task.tests), task.answer, choices))
+    return set(_task_fields((task.prompt, task.target, task.tests, task.chosen, task.rejected), task.answer, choices))
 
 
 @lru_cache(maxsize=256)

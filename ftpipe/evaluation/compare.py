@@ -42,6 +42,13 @@ def compare_task(task: TaskSpec, role: str, items: list[EvalItem], base: TaskSco
         entry["forgetting"] = stats.forgetting(b_value, t_value, higher_is_better=metrics.higher_is_better(task.kind))
     if few_shot is not None:
         entry["few_shot"] = few_shot.value()
+        if task.kind != "perplexity":
+            entry["vs_few_shot"] = _paired(task, few_shot, tuned, ci, lower_better)
+    if base.margins is not None and tuned.margins is not None:  # preference: the mean margin, paired too
+        m_delta, m_low, m_high = stats.paired_bootstrap_ci(base.margins, tuned.margins, **ci)
+        entry["margin"] = {labels[0]: sum(base.margins) / len(base.margins), labels[1]: sum(tuned.margins) / len(tuned.margins),
+                           "delta": m_delta, "ci_low": m_low, "ci_high": m_high,
+                           "normalized": task.length_normalized}
     binary_probe = task.kind == "lm_eval" and set(base.scores) | set(tuned.scores) <= {0.0, 1.0}  # e.g. acc (issue 17)
     if task.kind in BINARY_KINDS or binary_probe:
         result = stats.mcnemar_exact([s >= 0.5 for s in base.scores], [s >= 0.5 for s in tuned.scores])
@@ -53,6 +60,19 @@ def compare_task(task: TaskSpec, role: str, items: list[EvalItem], base: TaskSco
         ][:5]
     entry["verdict"] = verdict(role, low, high, lower_better)
     return entry
+
+
+def _paired(task: TaskSpec, reference: TaskScores, tuned: TaskScores, ci: dict, lower_better: bool) -> dict:
+    """Tuned against another baseline on the same items (the base model's few-shot prompts): delta, CI, McNemar."""
+    from ftpipe.evaluation import stats
+
+    delta, low, high = stats.paired_bootstrap_ci(reference.scores, tuned.scores, **ci)
+    out = {"baseline": reference.value(), "delta": tuned.value() - reference.value(), "item_delta": delta,
+           "ci_low": low, "ci_high": high, "verdict": verdict("target", low, high, lower_better)}
+    if task.kind in BINARY_KINDS:
+        result = stats.mcnemar_exact([s >= 0.5 for s in reference.scores], [s >= 0.5 for s in tuned.scores])
+        out["mcnemar_p"] = result.p_value
+    return out
 
 
 def verdict(role: str, low: float, high: float, lower_better: bool) -> str:

@@ -37,6 +37,8 @@ from ftpipe.files import sha256_file
 __all__ = [
     "ModelSpec",
     "LoadedModel",
+    "ClassificationHead",
+    "load_head",
     "load_model",
     "merge_and_save",
     "spec_fingerprint",
@@ -338,6 +340,10 @@ def _attach_adapter(model, adapter_path: str):
     # The recorded base path may be another machine's; we load the base from the spec.
     config.base_model_name_or_path = None
     config.inference_mode = True
+    if getattr(config, "tokenizer_name_or_path", None):
+        # Prompt tuning with text init re-runs that init from this tokenizer before loading the
+        # trained embeddings: the training machine's path may not exist here (the base's tokenizer is it).
+        config.tokenizer_name_or_path = getattr(model, "name_or_path", None) or config.tokenizer_name_or_path
     return PeftModel.from_pretrained(model, adapter_path, config=config, is_trainable=False)
 
 
@@ -407,6 +413,14 @@ def load_model(spec: ModelSpec, *, fast_cpu_4bit: bool = False) -> LoadedModel:
 # ----------------------------------------------------------------------------- the loaded model
 
 
+def _soft_prompt_tokens(model) -> int:
+    """Number of virtual tokens of a PEFT prompt-tuning model, else 0."""
+    config = getattr(model, "active_peft_config", None)
+    if config is None or str(getattr(config, "peft_type", "")).split(".")[-1] != "PROMPT_TUNING":
+        return 0
+    return int(config.num_virtual_tokens)
+
+
 def _cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
     if stop:
         cut = len(text)
@@ -458,6 +472,7 @@ class LoadedModel:
         cfg = getattr(hf, "config", None)
         self.max_length = int(getattr(cfg, "max_position_embeddings", 0) or 0) or None
         self._fingerprint: str | None = None
+        self.soft_prompt_tokens = _soft_prompt_tokens(model)
 
     # -- helpers
 
@@ -493,6 +508,33 @@ class LoadedModel:
             if t in eos:
                 return row[:j]
         return row
+
+    def _with_soft_prompt(self, input_ids, mask):
+        """Prompt tuning: embeddings laid out [left padding][soft prompt][tokens][right padding], and the mask.
+
+        PEFT puts the soft prompt before the padding, so with RoPE a row's result depends on how much
+        padding its batch gave it; here the soft prompt always sits right before the row's first token,
+        as in training (ftpipe.training.ludwig_compat). Returns (embeddings, mask, positions of the
+        tokens in the new layout).
+        """
+        import torch
+
+        base = self.model.get_base_model()
+        n, (batch, width) = self.soft_prompt_tokens, input_ids.shape
+        emb = base.get_input_embeddings()(input_ids)
+        soft = self.model.get_prompt(batch_size=batch).to(emb.dtype)
+        lead = (mask.cumsum(-1) == 0).sum(-1)  # leading zeros of the mask: left padding
+        token_pos = torch.arange(width, device=input_ids.device)[None, :]
+        dest = token_pos + n * (token_pos >= lead[:, None])
+        slots = torch.arange(width + n, device=input_ids.device)[None, :]
+        is_soft = (slots >= lead[:, None]) & (slots < lead[:, None] + n)
+        full = emb.new_zeros(batch, width + n, emb.shape[-1])
+        full[is_soft] = soft.reshape(-1, soft.shape[-1])
+        full = full.scatter(1, dest[..., None].expand(-1, -1, emb.shape[-1]), emb)
+        new_mask = mask.new_zeros(batch, width + n)
+        new_mask[is_soft] = 1
+        new_mask = new_mask.scatter(1, dest, mask)
+        return full, new_mask, dest
 
     # -- generation
 
@@ -546,15 +588,23 @@ class LoadedModel:
             idx = order[start : start + batch_size]
             input_ids, mask = self._left_pad([encoded[i] for i in idx])
             width = input_ids.shape[1]
+            if self.soft_prompt_tokens:  # from embeddings: only the new tokens come back
+                width = 0
             with torch.inference_mode():
-                out = self.model.generate(
-                    input_ids=input_ids,
-                    attention_mask=mask,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    num_beams=1,
-                    **stop_kwargs,
-                )
+                if self.soft_prompt_tokens:
+                    embeds, soft_mask, _ = self._with_soft_prompt(input_ids, mask)
+                    out = self.model.get_base_model().generate(
+                        inputs_embeds=embeds, attention_mask=soft_mask, max_new_tokens=max_new_tokens,
+                        do_sample=False, num_beams=1, **stop_kwargs)
+                else:
+                    out = self.model.generate(
+                        input_ids=input_ids,
+                        attention_mask=mask,
+                        max_new_tokens=max_new_tokens,
+                        do_sample=False,
+                        num_beams=1,
+                        **stop_kwargs,
+                    )
             for row, i in zip(out[:, width:].tolist(), idx):
                 text = self.tokenizer.decode(self._new_tokens(row), skip_special_tokens=True)
                 results[i] = _cut_at_stop(text, stops)
@@ -628,16 +678,21 @@ class LoadedModel:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             input_ids, mask = self._left_pad([rows[i] for i in idx])
-            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
             keep = max(n_cont[i] for i in idx)
             with torch.inference_mode():
-                logits = self.model(
-                    input_ids=input_ids,
-                    attention_mask=mask,
-                    position_ids=position_ids,
-                    logits_to_keep=keep,
-                    use_cache=False,
-                ).logits
+                if self.soft_prompt_tokens:  # the soft prompt sits before the tokens: the last `keep` are still theirs
+                    embeds, mask, _ = self._with_soft_prompt(input_ids, mask)
+                    logits = self.model.get_base_model()(
+                        inputs_embeds=embeds, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                        logits_to_keep=keep, use_cache=False).logits
+                else:
+                    logits = self.model(
+                        input_ids=input_ids,
+                        attention_mask=mask,
+                        position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                        logits_to_keep=keep,
+                        use_cache=False,
+                    ).logits
             for b, i in enumerate(idx):
                 c = n_cont[i]
                 logp = torch.log_softmax(logits[b, keep - c :].float(), dim=-1)
@@ -689,7 +744,12 @@ class LoadedModel:
             idx = order[start : start + batch_size]
             input_ids, mask = self._right_pad([encoded[i] for i in idx])
             with torch.inference_mode():
-                logits = self.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+                if self.soft_prompt_tokens:
+                    embeds, soft_mask, dest = self._with_soft_prompt(input_ids, mask)
+                    logits = self.model.get_base_model()(inputs_embeds=embeds, attention_mask=soft_mask, use_cache=False).logits
+                    logits = logits.gather(1, dest[..., None].expand(-1, -1, logits.shape[-1]))
+                else:
+                    logits = self.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
             for b, i in enumerate(idx):
                 n = len(encoded[i])
                 nll = F.cross_entropy(logits[b, : n - 1].float(), input_ids[b, 1:n], reduction="sum")
@@ -700,6 +760,44 @@ class LoadedModel:
             if progress is not None:
                 progress(finished)
         return total, count
+
+    # -- a classification head on the last hidden state
+
+    def last_hidden(self, prompts: list[str], *, max_length: int, batch_size: int = 16,
+                    progress: Callable[[int], None] | None = None):
+        """The final hidden state at each prompt's last token, as a trained classification head reads it.
+
+        Tokenized exactly as Ludwig's `hf_tokenizer` preprocessing does (`tokenizer.encode`, the
+        tokenizer's own special tokens, then its first `max_length` tokens), left-padded with
+        position ids from the mask, so padding changes nothing.
+
+        Returns:
+            A float32 CPU tensor [len(prompts), hidden size].
+        """
+        import torch
+
+        encoded = [list(self.tokenizer.encode(p))[:max_length] for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+        out: list = [None] * len(prompts)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            input_ids, mask = self._left_pad([encoded[i] for i in idx])
+            with torch.inference_mode():
+                hidden = self.model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                                    output_hidden_states=True, logits_to_keep=1, use_cache=False).hidden_states[-1][:, -1]
+            for row, i in zip(hidden.float().cpu(), idx):
+                out[i] = row
+            if progress is not None:
+                progress(min(start + batch_size, len(order)))
+        return torch.stack(out)
+
+    def classify(self, head: "ClassificationHead", prompts: list[str], *, batch_size: int = 16,
+                 progress: Callable[[int], None] | None = None) -> list[list[float]]:
+        """Class probabilities of a trained head over this (base or base + adapter) model, per prompt."""
+        import torch
+
+        hidden = self.last_hidden(prompts, max_length=head.sequence_length, batch_size=batch_size, progress=progress)
+        return torch.softmax(hidden @ head.weight.T + head.bias, dim=-1).tolist()
 
     # -- identity
 
@@ -712,6 +810,49 @@ class LoadedModel:
         if self._fingerprint is None:
             self._fingerprint = spec_fingerprint(self.spec)
         return self._fingerprint
+
+
+# ----------------------------------------------------------------------------- classification heads
+
+
+@dataclass(frozen=True)
+class ClassificationHead:
+    """A category head trained on an LLM body (method classification_head), as the train stage exports it.
+
+    Attributes:
+        weight, bias: The head's Linear layer (torch tensors, [classes, hidden] and [classes]).
+        labels: Class names in the head's index order (Ludwig's, by training frequency).
+        sequence_length: Tokens the head read per prompt in training.
+        body: "lora" (an adapter folder sits next to the head) or "frozen".
+        fingerprint: sha256 of the head's files (16 hex characters).
+    """
+
+    weight: Any
+    bias: Any
+    labels: list[str]
+    sequence_length: int
+    body: str
+    fingerprint: str
+
+
+def load_head(folder: str | Path) -> ClassificationHead:
+    """Load `head.safetensors` and `head.json` from a run's `head/` folder.
+
+    Raises:
+        ModelNotFoundError: The folder or one of its files is missing.
+    """
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    weights, config = folder / "head.safetensors", folder / "head.json"
+    for path in (weights, config):
+        if not path.is_file():
+            raise ModelNotFoundError(f"classification head file not found: {path}")
+    meta = json.loads(config.read_text())
+    state = load_file(str(weights))
+    digest = _sha256_bytes((sha256_file(weights) + sha256_file(config)).encode())[:16]
+    return ClassificationHead(weight=state["weight"].float(), bias=state["bias"].float(), labels=list(meta["labels"]),
+                              sequence_length=int(meta["sequence_length"]), body=meta["body"], fingerprint=digest)
 
 
 # ----------------------------------------------------------------------------- merging

@@ -21,6 +21,7 @@ METRIC_KINDS = (
     "multiple_choice",
     "perplexity",
     "lm_eval",
+    "preference",
 )
 
 # A number, optionally negative, with optional thousands commas and decimals. It must not
@@ -234,3 +235,23 @@ def perplexity(total_nll: float, total_tokens: int) -> float:
     if total_tokens <= 0:
         raise ValueError(f"total_tokens must be positive, got {total_tokens}")
     return math.exp(total_nll / total_tokens)
+
+
+def preference_margin(chosen: tuple[float, int], rejected: tuple[float, int], *, normalized: bool = False) -> float:
+    """How much more likely the chosen reply is than the rejected one, in nats (> 0: the model prefers it).
+
+    Args:
+        chosen: (log-likelihood of the chosen reply given the prompt, its number of tokens).
+        rejected: The same for the rejected reply.
+        normalized: Compare per-token means (length-normalised) instead of sums.
+
+    Returns:
+        log p(chosen) - log p(rejected), or the difference of the per-token means.
+
+    Raises:
+        ValueError: A reply with no tokens.
+    """
+    (ll_c, n_c), (ll_r, n_r) = chosen, rejected
+    if n_c < 1 or n_r < 1:
+        raise ValueError("both replies need at least one token")
+    return ll_c / n_c - ll_r / n_r if normalized else ll_c - ll_r

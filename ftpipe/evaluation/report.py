@@ -62,11 +62,13 @@ def render_markdown(report: dict) -> str:
     out.append(f"**Learned** {s['learned']} of {s['target_tasks']} target tasks significantly; "
                f"**forgot** on {s['forgot']} of {s['held_out_tasks']} held-out tasks"
                + (f" (largest relative drop {max_f:+.1%})." if max_f is not None else "."))
+    out += _toolbox_lines(report)
     out += ["", summary_table(report), ""]
     out.append("Deltas are tuned minus base on the same items; the CI is a paired bootstrap over items of that same "
                "number (perplexity: exp of the token-weighted mean NLL). "
                "Forgetting is the relative loss on held-out tasks (positive = forgot; for perplexity a rise). "
                "McNemar's exact test counts items that flipped between right and wrong.")
+    out += _baseline_lines(report)
     if report.get("quantized_base"):
         out.append("")
         out.append("QLoRA: `base` is the base model quantized exactly as in training, which is what the tuned adapter "
@@ -145,6 +147,47 @@ def diagnosis_markdown(report: dict) -> list[str]:
                    f"{d['recovered_score']['value']:.3f} | {ch['base']['mean_words']:.1f} -> {ch['tuned']['mean_words']:.1f} |")
     out.append("")
     return out
+
+
+def _toolbox_lines(report: dict) -> list[str]:
+    """Trainable parameters (next to the default LoRA's), the preference loss, and tasks left unscored, in words."""
+    out = []
+    params = report.get("trainable_parameters")
+    if params:
+        lora = params.get("lora_reference") or {}
+        share = params["trainable"] / params["total"] if params.get("total") else 0.0
+        line = f"Trainable parameters: {params['trainable']:,} of {params['total']:,} ({share:.3%})"
+        if lora:
+            line += (f"; ftpipe's default LoRA (r {lora['r']} on {', '.join(lora['target_modules'])}) trains "
+                     f"{lora['trainable']:,} on this base model")
+        out += ["", line + "."]
+    pref = report.get("preference")
+    if pref:
+        out += ["", f"Preference tuning with {pref['loss'].upper()} (beta {pref['beta']}); preference tasks count a pair "
+                    "right when the chosen reply (with its end-of-turn token) is more likely than the rejected one."]
+    skipped = report.get("not_scored")
+    if skipped and skipped.get("tasks"):
+        out += ["", f"{skipped['reason']} ({', '.join(skipped['tasks'])})"]
+    return out
+
+
+def _baseline_lines(report: dict) -> list[str]:
+    """Paired comparisons beside the main one: tuned against the few-shot base, and preference margins."""
+    out = []
+    for t in report["tasks"]:
+        few = t.get("vs_few_shot")
+        if few:
+            p = f", McNemar p {few['mcnemar_p']:.4f}" if "mcnemar_p" in few else ""
+            out.append(f"- {t['task']}: tuned {_fmt(t['tuned'])} against the base model's {report.get('few_shot_k')}-shot "
+                       f"{_fmt(few['baseline'])}: {_signed(few['item_delta'])} [{_signed(few['ci_low'])}, "
+                       f"{_signed(few['ci_high'])}]{p}, **{few['verdict']}**")
+        margin = t.get("margin")
+        if margin:
+            unit = "nats per token" if margin.get("normalized") else "nats"
+            out.append(f"- {t['task']}: mean margin log p(chosen) - log p(rejected), base {margin['base']:+.3f}, tuned "
+                       f"{margin['tuned']:+.3f} {unit}: {_signed(margin['delta'])} [{_signed(margin['ci_low'])}, "
+                       f"{_signed(margin['ci_high'])}]")
+    return ["", "Against other baselines, paired on the same items:", ""] + out if out else []
 
 
 def render_charts(report: dict, folder: Path) -> list[Path]:

@@ -11,7 +11,7 @@ from ftpipe.data import EvalItem
 from ftpipe.evaluation import metrics
 from ftpipe.spec import PipelineSpec, TaskSpec
 
-BINARY_KINDS = {"exact_match", "contains", "classification", "numeric", "code", "multiple_choice"}
+BINARY_KINDS = {"exact_match", "contains", "classification", "numeric", "code", "multiple_choice", "preference"}
 
 
 @dataclass
@@ -30,6 +30,7 @@ class TaskScores:
     aggregate: dict[str, float] = field(default_factory=dict)
     tokens: list[int] | None = None
     items: list[dict] | None = None  # kind lm_eval: the items lm-eval scored, in order (EvalItem fields)
+    margins: list[float] | None = None  # preference: per-item margin (nats) behind the headline, compared paired too
 
     def value(self) -> float:
         """The task's headline number."""
@@ -65,6 +66,8 @@ def score_task(model: Any, task: TaskSpec, items: list[EvalItem], prompts: list[
                 outputs.append(item.choices[max(range(n), key=lambda j: option_ll[j])])
                 k += n
             return TaskScores("acc", acc, outputs, {"acc": _mean(acc), "acc_norm": _mean(acc_norm)})
+        if task.kind == "preference":
+            return _score_preference(model, task, items, prompts, spec, reporter)
         if task.kind == "perplexity":
             nll, tokens = [], []
             for done, item in enumerate(items, start=1):
@@ -100,6 +103,50 @@ def score_task(model: Any, task: TaskSpec, items: list[EvalItem], prompts: list[
     }[task.kind]
     metric = {"exact_match": "exact_match", "contains": "contains", "rouge_l": "rouge_l", "numeric": "numeric_match"}[task.kind]
     return TaskScores(metric, [scorer(o, i) for o, i in zip(outputs, items)], outputs)
+
+
+def _score_preference(model: Any, task: TaskSpec, items: list[EvalItem], prompts: list[str], spec: PipelineSpec,
+                      reporter) -> TaskScores:
+    """Held-out pairs: is the chosen reply more likely than the rejected one under the model, and by how much?
+
+    Each reply is scored as it was trained, followed by the end-of-turn (EOS) token Ludwig appends,
+    so a model that learned to stop early gets credit for it. The headline is the share of pairs
+    preferred the right way (by the sum of log-probabilities, or by the per-token mean when the task
+    sets length_normalized); both readings, and the mean margins, are in the aggregate.
+    """
+    eos = model.tokenizer.eos_token or ""
+    contexts = [p for p in prompts for _ in range(2)]
+    replies = [reply + eos for item in items for reply in item.choices[:2]]
+    lls = model.loglikelihood(contexts, replies, batch_size=spec.evaluation.batch_size,
+                              progress=lambda n: reporter.update(n // 2))
+    raw = [metrics.preference_margin(lls[2 * k], lls[2 * k + 1]) for k in range(len(items))]
+    norm = [metrics.preference_margin(lls[2 * k], lls[2 * k + 1], normalized=True) for k in range(len(items))]
+    margins = norm if task.length_normalized else raw
+    scores = [float(m > 0) for m in margins]
+    outputs = [f"prefers {'chosen' if m > 0 else 'rejected'} (margin {m:+.3f})" for m in margins]
+    aggregate = {"accuracy": _mean([float(m > 0) for m in raw]), "accuracy_norm": _mean([float(m > 0) for m in norm]),
+                 "mean_margin": _mean(raw), "mean_margin_norm": _mean(norm)}
+    return TaskScores("preference_accuracy", scores, outputs, aggregate, margins=margins)
+
+
+def score_head(model: Any, head: Any, task: TaskSpec, items: list[EvalItem], prompts: list[str], spec: PipelineSpec) -> TaskScores:
+    """A classification head's predictions on a task's items: the class with the highest probability.
+
+    Scored with the same rule, headline and aggregate as a generated classification answer, so the
+    head pairs item by item with the base model's zero- and few-shot generations.
+    """
+    reporter = console.StepReporter(f"  {task.name}", len(items))
+    try:
+        probs = model.classify(head, prompts, batch_size=spec.evaluation.batch_size, progress=reporter.update)
+    finally:
+        reporter.close()
+    predicted = [head.labels[max(range(len(p)), key=p.__getitem__)] for p in probs]
+    canonical = {" ".join(label.lower().split()): label for label in task.labels}
+    predicted = [canonical.get(" ".join(p.lower().split())) for p in predicted]  # as task.labels spell them
+    gold = [i.reference for i in items]
+    scores = [float(p is not None and p == g) for p, g in zip(predicted, gold)]
+    outputs = [f"{p} (p={max(row):.3f})" for p, row in zip(predicted, probs)]
+    return TaskScores("accuracy", scores, outputs, metrics.classification_scores(predicted, gold, task.labels))
 
 
 def _mean(xs: list[float]) -> float:

@@ -242,7 +242,7 @@ def _stages(loaded: LoadedSpec, run_dir: Path, manifest: Manifest, base_path: st
         manifest.config_hash = config_hash(config)
     save_manifest(run_dir, manifest)
 
-    if "train" in manifest.stages_done and ((run_dir / "adapter").is_dir() or (run_dir / "weights").is_dir()):
+    if "train" in manifest.stages_done and any((run_dir / name).is_dir() for name in ("adapter", "weights", "head")):
         console.log("train: already done in an earlier attempt; keeping its model")
     else:
         resume = checkpoint_state(run_dir)[0] == "complete"

@@ -82,7 +82,7 @@ def _servable(pdir: Path, run_id: str) -> bool:
         manifest = load_manifest(run_dir)
     except (BadInputError, ValueError, OSError):
         return False
-    return manifest.status == "succeeded" and ((run_dir / "adapter").is_dir() or (run_dir / "weights").is_dir())
+    return manifest.status == "succeeded" and any((run_dir / name).is_dir() for name in ("adapter", "weights", "head"))
 
 
 def _move(pdir: Path, action: str, run_id: str | None, stack: list[str], detail: str) -> None:

@@ -31,7 +31,7 @@ def reevaluate(run_ref: str, root: Path | None = None) -> dict:
     """
     run_dir = find_run(run_ref, root)
     manifest = load_manifest(run_dir)
-    if not ((run_dir / "adapter").exists() or (run_dir / "weights").exists()):
+    if not any((run_dir / name).exists() for name in ("adapter", "weights", "head")):
         raise RunNotFoundError(f"{run_dir}: no trained model (status {manifest.status})", hint="run the pipeline first")
     with locked(run_dir.parent, f"eval {manifest.run_id}"):
         loaded = load_run_spec(run_dir)

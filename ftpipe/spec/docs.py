@@ -7,7 +7,17 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ftpipe.spec.schema import AdaloraAdapter, Ia3Adapter, LohaAdapter, LoraAdapter, PipelineSpec, QloraAdapter
+from ftpipe.spec.schema import (
+    AdaloraAdapter,
+    FrozenAdapter,
+    Ia3Adapter,
+    LohaAdapter,
+    LoraAdapter,
+    PipelineSpec,
+    PrefixTuningAdapter,
+    PromptTuningAdapter,
+    QloraAdapter,
+)
 
 
 def spec_json_schema() -> dict:
@@ -41,7 +51,9 @@ def spec_reference_markdown() -> str:
                         walk(inner, f"{path}{'[]' if typing.get_origin(arg) is list else ''}.", seen | {inner})
 
     for title, model in [("Pipeline", PipelineSpec), ("Adapter: lora", LoraAdapter), ("Adapter: qlora", QloraAdapter),
-                         ("Adapter: ia3", Ia3Adapter), ("Adapter: loha / lokr", LohaAdapter), ("Adapter: adalora", AdaloraAdapter)]:
+                         ("Adapter: ia3", Ia3Adapter), ("Adapter: loha / lokr", LohaAdapter), ("Adapter: adalora", AdaloraAdapter),
+                         ("Adapter: prompt_tuning", PromptTuningAdapter), ("Adapter: prefix_tuning", PrefixTuningAdapter),
+                         ("Adapter: frozen", FrozenAdapter)]:
         lines += [f"## {title}", "", "| field | type | default | description |", "|---|---|---|---|"]
         walk(model, "adapter." if title.startswith("Adapter") else "", {model})
         lines.append("")

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 TaskKind = Literal[
-    "exact_match", "contains", "classification", "rouge_l", "numeric", "code", "multiple_choice", "perplexity", "lm_eval"
+    "exact_match", "contains", "classification", "rouge_l", "numeric", "code", "multiple_choice", "perplexity", "lm_eval", "preference"
 ]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 # Conversation formats (issue 17) -> the field holding a row's list of turns.
@@ -102,6 +102,11 @@ class TaskSpec(Section):
         None, description="Multiple choice: field with the correct option index; contains: field with accepted answers."
     )
     tests: str | None = Field(None, description="Code: Jinja template of the test code run against the generation.")
+    chosen: str | None = Field(None, description="Preference: Jinja template of the preferred reply.")
+    rejected: str | None = Field(None, description="Preference: Jinja template of the dispreferred reply.")
+    length_normalized: bool = Field(
+        False, description="Preference: compare the replies' mean log-likelihood per token instead of their sums "
+                           "(both are reported; this picks the headline).")
     optional_fields: list[str] = Field(default_factory=list, description="Fields allowed to be empty (others must hold text).")
     id_field: str | None = Field(
         None, description="Column holding a stable row id. Unset: a row's id hashes the values the task reads "
@@ -162,6 +167,7 @@ class TaskSpec(Section):
             "exact_match": ["target"],
             "rouge_l": ["target"],
             "numeric": ["target"],
+            "preference": ["chosen", "rejected"],
         }
         missing = [k for k in needs.get(self.kind, []) if getattr(self, k) is None]
         if self.kind == "contains" and self.target is None and self.answer is None:
@@ -337,9 +343,43 @@ class AdaloraAdapter(Section):
     target_modules: list[str] | None = None
 
 
+class PromptTuningAdapter(Section):
+    """Prompt tuning (Lester et al. 2021): a few trained "virtual token" embeddings before every prompt."""
+
+    type: Literal["prompt_tuning"]
+    num_virtual_tokens: int = Field(8, ge=1, le=512, description="Number of trained virtual tokens (each one embedding vector).")
+    init: Literal["text", "random"] = Field(
+        "text", description="text: start from the embeddings of init_text's tokens (repeated to fill); random: N(0, 1).")
+    init_text: str | None = Field(None, description="Text whose token embeddings start the soft prompt (init text).")
+
+    @model_validator(mode="after")
+    def _text_given(self) -> PromptTuningAdapter:
+        if self.init == "text" and not (self.init_text or "").strip():
+            raise ValueError("init text needs init_text (e.g. a one-line instruction for the task), or use init: random")
+        if self.init == "random" and self.init_text is not None:
+            raise ValueError("init_text is used only with init: text")
+        return self
+
+
+class PrefixTuningAdapter(Section):
+    """Prefix tuning (Li and Liang 2021): trained key/value vectors prepended in every attention layer."""
+
+    type: Literal["prefix_tuning"]
+    num_virtual_tokens: int = Field(8, ge=1, le=512, description="Length of the trained prefix, in positions.")
+    prefix_projection: bool = Field(False, description="Reparametrise the prefix through an MLP while training.")
+
+
+class FrozenAdapter(Section):
+    """No weight of the base model trains (method classification_head: only the new head does)."""
+
+    type: Literal["frozen"]
+
+
 AdapterSpec = Annotated[
-    Union[FullAdapter, LoraAdapter, QloraAdapter, Ia3Adapter, LohaAdapter, AdaloraAdapter], Field(discriminator="type")
+    Union[FullAdapter, LoraAdapter, QloraAdapter, Ia3Adapter, LohaAdapter, AdaloraAdapter, PromptTuningAdapter,
+          PrefixTuningAdapter, FrozenAdapter], Field(discriminator="type")
 ]
+PROMPT_LEARNING_ADAPTERS = (PromptTuningAdapter, PrefixTuningAdapter)
 
 
 class TrainingSpec(Section):
@@ -499,6 +539,16 @@ class SweepSpec(Section):
     seed: int = Field(0, description="Seed of the sampler.")
 
 
+class PreferenceSpec(Section):
+    """Preference tuning (method preference) on rows with a prompt, a chosen and a rejected reply."""
+
+    loss: Literal["dpo", "orpo"] = Field(
+        "dpo", description="dpo: Rafailov et al. 2023, the frozen base (adapter disabled) as reference; "
+                           "orpo: Hong et al. 2024, SFT on the chosen reply plus an odds-ratio term, no reference.")
+    beta: float = Field(0.1, gt=0, le=100, description="DPO: inverse temperature of the implicit reward (higher: stay "
+                                                      "closer to the reference); ORPO: weight of the odds-ratio term.")
+
+
 class ComputeSpec(Section):
     """Where training and evaluation run."""
 
@@ -543,8 +593,10 @@ class PipelineSpec(Section):
     name: str = Field(..., pattern=NAME_PATTERN, description="Pipeline name; runs go to runs/<name>/.")
     description: str | None = Field(None, description="Free text shown in reports.")
     base_model: str = Field(..., description="Store name (ftpipe models list), a local HF folder, or a hub id.")
-    method: Literal["instruction", "multitask", "domain_adaptation"] = Field(
-        "instruction", description="instruction: one task; multitask: several, mixed; domain_adaptation: raw text.")
+    method: Literal["instruction", "multitask", "domain_adaptation", "classification_head", "preference"] = Field(
+        "instruction", description="instruction: one task; multitask: several, mixed; domain_adaptation: raw text; "
+                                   "classification_head: a new category head on the LLM (adapter lora or frozen); "
+                                   "preference: DPO or ORPO on prompt/chosen/rejected rows.")
     tasks: list[TaskSpec] = Field(..., min_length=1, description="Tasks to tune on (their test splits are evaluated).")
     adapter: AdapterSpec = Field(default_factory=lambda: LoraAdapter(type="lora"))
     training: TrainingSpec = Field(default_factory=TrainingSpec)
@@ -555,6 +607,7 @@ class PipelineSpec(Section):
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
     sweep: SweepSpec | None = Field(None, description="Search space of `ftpipe sweep` (not used by `ftpipe run`).")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    preference: PreferenceSpec = Field(default_factory=PreferenceSpec, description="Loss of method preference.")
 
     @model_validator(mode="after")
     def _method_fits_tasks(self) -> PipelineSpec:
@@ -574,6 +627,44 @@ class PipelineSpec(Section):
         probes = [t.name for t in self.tasks + ([self.data.replay.task] if self.data.replay else []) if t.kind == "lm_eval"]
         if probes:
             raise ValueError(f"kind lm_eval is a held-out probe (evaluation.held_out), not trained on: {', '.join(probes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _toolbox_method_fits(self) -> PipelineSpec:
+        """classification_head and preference (issue 15): what each needs of tasks, adapter and evaluation."""
+        problems, kinds = [], {t.kind for t in self.tasks}
+        adapter, distributed = self.adapter.type, self.compute.distributed.strategy != "none"
+        if self.method == "classification_head":
+            if len(self.tasks) != 1 or kinds != {"classification"}:
+                problems.append("method classification_head trains one task of kind classification")
+            if adapter not in ("lora", "frozen"):
+                problems.append(f"method classification_head adapts the LLM body with adapter lora or keeps it "
+                                f"frozen (adapter: {{type: frozen}}); {adapter} is not supported")
+            if self.evaluation.few_shot == 0:
+                problems.append("method classification_head is judged against the base model's zero- and few-shot "
+                                "generation: set evaluation.few_shot (1-16)")
+        elif adapter == "frozen":
+            problems.append("adapter frozen trains nothing except a new head: it needs method classification_head")
+        if self.method == "preference":
+            if kinds != {"preference"}:
+                problems.append("method preference trains tasks of kind preference (prompt, chosen, rejected)")
+            if self.preference.loss == "dpo" and adapter not in ("lora", "qlora"):
+                problems.append(f"DPO uses the base model with its adapter disabled as the reference, so it needs "
+                                f"adapter lora or qlora ({adapter} given); or use preference.loss orpo")
+            if self.evaluation.few_shot:
+                problems.append("evaluation.few_shot does not apply to preference tasks (they are scored by "
+                                "log-likelihood); set it to 0")
+        elif "preference" in kinds:
+            problems.append("preference tasks train only with method preference (as held-out tasks they fit any method)")
+        elif self.preference != PreferenceSpec():
+            problems.append("the preference section applies to method preference only")
+        if self.method in ("classification_head", "preference") and distributed:
+            problems.append(f"method {self.method} trains in one process only (compute.distributed.strategy none)")
+        if adapter in ("prompt_tuning", "prefix_tuning") and distributed:
+            problems.append(f"adapter {adapter} trains in one process only: PEFT's prompt-learning adapters are not "
+                            "verified with distributed training")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @model_validator(mode="after")

@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ftpipe.version import __version__
-from ftpipe.spec import FullAdapter, PipelineSpec, QloraAdapter
+from ftpipe.spec import FrozenAdapter, FullAdapter, PipelineSpec, PrefixTuningAdapter, PromptTuningAdapter, QloraAdapter
 
 INPUT_FEATURE = "prompt"
 OUTPUT_FEATURE = "target"
 SPLIT_COLUMN = "split"
+# Tokens the head's tokenizer call may add around a prompt (Ludwig's hf_tokenizer encodes with the
+# tokenizer's special tokens; the data layer measures prompts without them).
+HEAD_SPECIAL_TOKENS = 2
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,16 @@ def context_for(prepared, base_model: str, device: str) -> CompileContext:
 
 def _adapter(spec: PipelineSpec) -> dict[str, Any] | None:
     a = spec.adapter
-    if isinstance(a, FullAdapter):
-        return None  # no adapter: Ludwig trains every weight
+    if isinstance(a, (FullAdapter, FrozenAdapter)):
+        return None  # no adapter: Ludwig trains every weight (an ECD body without one is frozen by ludwig_compat)
+    if isinstance(a, PromptTuningAdapter):  # registered with Ludwig by ludwig_compat (upstream has it commented out)
+        cfg: dict[str, Any] = {"type": "prompt_tuning", "num_virtual_tokens": a.num_virtual_tokens,
+                               "prompt_tuning_init": a.init.upper()}
+        if a.init == "text":
+            cfg["prompt_tuning_init_text"] = a.init_text
+        return cfg
+    if isinstance(a, PrefixTuningAdapter):
+        return {"type": "prefix_tuning", "num_virtual_tokens": a.num_virtual_tokens, "prefix_projection": a.prefix_projection}
     cfg: dict[str, Any] = {"type": "lora" if isinstance(a, QloraAdapter) else a.type}
     for key in ("r", "alpha", "dropout", "target_modules", "use_dora", "use_rslora", "feedforward_modules"):
         value = getattr(a, key, None)
@@ -92,6 +103,10 @@ def _trainer(spec: PipelineSpec, ctx: CompileContext) -> dict[str, Any]:
     }
     if t.max_steps is not None:
         trainer["train_steps"] = t.max_steps
+    if spec.method == "preference":
+        # Ludwig's validation pass would score cross-entropy on the packed `chosen SEP rejected` target:
+        # meaningless for a preference model, which ftpipe's evaluator judges on held-out pairs instead.
+        trainer["skip_all_evaluation"] = True
     return trainer
 
 
@@ -108,6 +123,8 @@ def _ludwig_max_new_tokens(spec: PipelineSpec, ctx: CompileContext) -> int:
 
 def compile_spec(spec: PipelineSpec, ctx: CompileContext) -> dict[str, Any]:
     """Build the Ludwig config for a spec. Pure: same inputs, same dict."""
+    if spec.method == "classification_head":
+        return _compile_head(spec, ctx)
     config: dict[str, Any] = {
         "model_type": "llm",
         "base_model": ctx.base_model,
@@ -134,6 +151,31 @@ def compile_spec(spec: PipelineSpec, ctx: CompileContext) -> dict[str, Any]:
     if quantization is not None:
         config["quantization"] = quantization
     return config
+
+
+def _compile_head(spec: PipelineSpec, ctx: CompileContext) -> dict[str, Any]:
+    """method classification_head: an ECD model, the base LLM as the text encoder, a new category head.
+
+    The prompt is tokenized with the LLM's own tokenizer (Ludwig's default would feed the LLM ids of
+    its own vocabulary) and padded to a fixed length; the head reads the last real token's final
+    hidden state (`reduce_input: last`, with the padding masked and zeroed by ludwig_compat). The
+    body has a LoRA adapter or none, and without one ludwig_compat freezes it.
+    """
+    encoder: dict[str, Any] = {"type": "llm", "base_model": ctx.base_model}
+    adapter = _adapter(spec)
+    if adapter is not None:
+        encoder["adapter"] = adapter
+    trainer = {k: v for k, v in _trainer(spec, ctx).items() if k != "type"}  # ECD's one trainer has no type key
+    return {
+        "model_type": "ecd",
+        "input_features": [{"name": INPUT_FEATURE, "type": "text", "encoder": encoder,
+                            "preprocessing": {"tokenizer": "hf_tokenizer", "pretrained_model_name_or_path": ctx.base_model,
+                                              "sequence_length": ctx.max_prompt_tokens + HEAD_SPECIAL_TOKENS}}],
+        "output_features": [{"name": OUTPUT_FEATURE, "type": "category", "reduce_input": "last"}],
+        "trainer": trainer,
+        "preprocessing": {"split": {"type": "fixed", "column": SPLIT_COLUMN}},
+        "backend": {"type": "local"},
+    }
 
 
 def render_compiled(config: dict[str, Any], spec_name: str, spec_sha256: str) -> str:

@@ -10,6 +10,9 @@ Bugs sidestepped by configuration instead of patches (see shared/LUDWIG.md):
 - unknown keys silently dropped: `check_config` fails when Ludwig did not keep a key we set;
 - wrong LLM eval metrics and one-row-at-a-time generation: the evaluator scores its own
   batched generations (ftpipe/evaluation/generation.py) and never uses Ludwig's evaluate/predict.
+Issue 15 (docs/toolbox.md): workaround 2 registers prompt and prefix tuning, 3 fixes prompt tuning in
+LLM.forward, 4 makes the `llm` encoder of an ECD model (a task head) honour its adapter, mask its
+padding and stay frozen without one, 5 replaces Ludwig's reference-free DPO by ftpipe's DPO/ORPO step.
 """
 
 from __future__ import annotations
@@ -83,11 +86,14 @@ def _patch_adapters_null() -> None:
 
 
 def apply_patches() -> None:
-    """Apply the workarounds above once per process."""
+    """Apply the workarounds in this module once per process (each is idempotent too)."""
     global _PATCHED
     if _PATCHED:
         return
     _patch_adapters_null()
+    _register_prompt_learning_adapters()
+    _patch_soft_prompt_forward()
+    _patch_llm_encoder()
     _PATCHED = True
 
 
@@ -134,6 +140,11 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
             raise CompileError(f"Ludwig rejected the compiled config: {str(e).splitlines()[0][:300]}",
                                hint="this is an ftpipe compiler bug; please report it with the spec") from None
     ignored = [str(w.message) for w in caught if "will be ignored" in str(w.message)]
+    trainer_type = (config.get("trainer") or {}).get("type")
+    if trainer_type in STOCK_PREFERENCE_TRAINERS:  # workaround 5: they train plain cross-entropy, silently
+        raise CompileError(f"Ludwig's trainer type {trainer_type} is not used by ftpipe: in Ludwig {SUPPORTED_LUDWIG} "
+                           "it has no reference model and falls back to cross-entropy without a word",
+                           hint="use `method: preference` in the spec (ftpipe's DPO/ORPO step on the finetune trainer)")
     problems = _dropped_keys(config, resolved) + ignored
     if problems:
         raise CompileError("Ludwig did not keep the compiled config as meant: " + "; ".join(problems),
@@ -190,7 +201,7 @@ def make_progress_callback(on_step: Callable[[dict], None]):
 
 
 def train_model(config: dict[str, Any], frame, output_dir: Path, *, seed: int, resume: bool = False,
-                callbacks: list | None = None, quantized: bool = False, backend=None):
+                callbacks: list | None = None, quantized: bool = False, backend=None, save_model: bool = True):
     """Train with LudwigModel and save the final model under `output_dir/model`.
 
     Args:
@@ -204,6 +215,8 @@ def train_model(config: dict[str, Any], frame, output_dir: Path, *, seed: int, r
             weights ("Unexpected keys ... absmax, quant_map"), so the model is saved as trained instead.
         backend: A Ludwig backend instance, e.g. `distributed_backend(...)` run under torchrun (issue 9);
             then only the coordinator (rank 0) saves. None: the config's local backend.
+        save_model: Save the model under `output_dir/model` (a classification head is exported from
+            memory instead: a frozen body would be saved whole, 538 MB for SmolLM2).
 
     Returns:
         (LudwigModel, training statistics from training_statistics.json, path of the saved model folder).
@@ -238,7 +251,7 @@ def train_model(config: dict[str, Any], frame, output_dir: Path, *, seed: int, r
         raise TrainError(f"Ludwig training failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}",
                          hint="rerun with --debug for the traceback") from e
     saved = output_dir / "model"
-    if backend is None or backend.is_coordinator():  # distributed: only rank 0 writes (issue 9)
+    if save_model and (backend is None or backend.is_coordinator()):  # distributed: only rank 0 writes (issue 9)
         model.save(str(saved))
     stats_file = experiment_folder(output_dir) / "training_statistics.json"
     stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
@@ -488,3 +501,444 @@ def trainable_digest(model) -> str:
             digest.update(name.encode())
             digest.update(param.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def trainable_parameters(model) -> dict[str, int]:
+    """{"trainable": weights that received updates, "total": all weights} of a trained LudwigModel."""
+    params = list(model.model.parameters())
+    return {"trainable": sum(p.numel() for p in params if p.requires_grad), "total": sum(p.numel() for p in params)}
+
+
+# --------------------------------------------------------------------------------------------
+# Workaround 2 (issue 15): soft prompts. Upstream gap: Ludwig 0.17 has PEFT's prompt tuning and
+# prefix tuning commented out of its adapter schema (schema/llms/peft.py:390-513), so
+# `adapter: {type: prompt_tuning}` is refused. Fix: register both in its adapter registry (the JSON
+# schema's type enum is built from it; get_schema is lru_cached, so clear it). Ludwig builds the PEFT
+# config with `to_config(task_type=..., tokenizer_name_or_path=<base model>)` (utils/llm_utils.py:243).
+# --------------------------------------------------------------------------------------------
+
+PROMPT_LEARNING_TYPES = ("prompt_tuning", "prefix_tuning")
+_REGISTERED_BY_FTPIPE: dict[str, type] = {}
+
+
+def prompt_learning_unregistered() -> bool:
+    """True while stock Ludwig registers neither prompt_tuning nor prefix_tuning (only ftpipe's classes are there)."""
+    from ludwig.schema.llms.peft import adapter_registry
+
+    return all(name not in adapter_registry or adapter_registry[name] is _REGISTERED_BY_FTPIPE.get(name)
+               for name in PROMPT_LEARNING_TYPES)
+
+
+def _register_prompt_learning_adapters() -> None:
+    from ludwig.config_validation.validation import get_schema
+    from ludwig.error import ConfigValidationError
+    from ludwig.schema import utils as schema_utils
+    from ludwig.schema.llms.peft import BasePromptLearningConfig, adapter_registry, register_adapter
+
+    if any(name in adapter_registry for name in PROMPT_LEARNING_TYPES):
+        return  # ours already, or upstream's (then prompt_learning_unregistered() is False and its test says so)
+
+    @register_adapter("prompt_tuning")
+    class PromptTuningAdapterConfig(BasePromptLearningConfig):
+        type: str = schema_utils.ProtectedString("prompt_tuning", description="PEFT prompt tuning (a soft prompt).")
+        prompt_tuning_init: str = schema_utils.StringOptions(["RANDOM", "TEXT"], default="RANDOM",
+                                                             description="How the virtual token embeddings start.")
+        prompt_tuning_init_text: str | None = schema_utils.String(default=None, allow_none=True,
+                                                                  description="Text whose embeddings start them (TEXT).")
+
+        def __post_init__(self):
+            if self.prompt_tuning_init == "TEXT" and not self.prompt_tuning_init_text:
+                raise ConfigValidationError("prompt_tuning_init TEXT needs prompt_tuning_init_text")
+
+        def to_config(self, task_type=None, tokenizer_name_or_path=None, **kwargs):
+            from peft import PromptTuningConfig
+
+            text = self.prompt_tuning_init == "TEXT"
+            return PromptTuningConfig(task_type=task_type, num_virtual_tokens=self.num_virtual_tokens,
+                                      prompt_tuning_init=self.prompt_tuning_init,
+                                      prompt_tuning_init_text=self.prompt_tuning_init_text if text else None,
+                                      tokenizer_name_or_path=tokenizer_name_or_path if text else None)
+
+        @classmethod
+        def name(cls):
+            return "Prompt tuning"
+
+        @classmethod
+        def description(cls):
+            return "Trained virtual token embeddings before the prompt (registered by ftpipe)."
+
+    @register_adapter("prefix_tuning")
+    class PrefixTuningAdapterConfig(BasePromptLearningConfig):
+        type: str = schema_utils.ProtectedString("prefix_tuning", description="PEFT prefix tuning.")
+        prefix_projection: bool = schema_utils.Boolean(default=False, description="Reparametrise through an MLP.")
+
+        def to_config(self, task_type=None, **kwargs):
+            from peft import PrefixTuningConfig
+
+            return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=self.num_virtual_tokens,
+                                      prefix_projection=self.prefix_projection)
+
+        @classmethod
+        def name(cls):
+            return "Prefix tuning"
+
+        @classmethod
+        def description(cls):
+            return "Trained key/value prefixes in every attention layer (registered by ftpipe)."
+
+    _REGISTERED_BY_FTPIPE.update(prompt_tuning=adapter_registry["prompt_tuning"], prefix_tuning=adapter_registry["prefix_tuning"])
+    get_schema.cache_clear()
+
+
+# --------------------------------------------------------------------------------------------
+# Workaround 3 (issue 15): prompt tuning in Ludwig's LLM.forward. Upstream bug: PEFT prepends the
+# virtual tokens, so the logits have L + n positions, while Ludwig aligns its labels to the L token
+# positions (models/llm.py:331, utils/llm_utils.py:526-587): training fails with "Expected input
+# batch_size (56) to match target batch_size (24)" (hidden behind an UnboundLocalError about
+# 'has_nan_or_inf_tensors' when skip_all_evaluation is on). PEFT also puts the soft prompt before
+# the left padding, so with RoPE a row's result depends on its padding. Fix: the PeftModel's forward
+# builds [padding][soft prompt][tokens] and returns the tokens' logits only, so a batched row computes
+# what it computes alone (the evaluator lays rows out the same way, ftpipe/evaluation/generation.py).
+# --------------------------------------------------------------------------------------------
+
+
+def llm_forward_keeps_virtual_token_logits() -> bool:
+    """True while stock LLM.forward hands on PEFT's L + n logits (it never mentions virtual tokens)."""
+    import inspect
+
+    from ludwig.models.llm import LLM
+
+    original = getattr(LLM.forward, "_ftpipe_original", LLM.forward)
+    return "num_virtual_tokens" not in inspect.getsource(original)
+
+
+def _adjacent_soft_prompt_forward(peft_model):
+    """A forward for a PEFT prompt-tuning model: rows laid out [pads][soft prompt][tokens], soft-prompt logits dropped."""
+    import torch
+
+    def forward(input_ids=None, attention_mask=None, **kwargs):
+        base = peft_model.get_base_model()
+        n = peft_model.active_peft_config.num_virtual_tokens
+        batch, length = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        emb = base.get_input_embeddings()(input_ids)
+        soft = peft_model.get_prompt(batch_size=batch).to(emb.dtype)
+        npad = (attention_mask.cumsum(-1) == 0).sum(-1)  # leading zeros of the mask: the left padding
+        positions = torch.arange(length + n, device=input_ids.device).unsqueeze(0)
+        is_soft = (positions >= npad[:, None]) & (positions < npad[:, None] + n)
+        token_pos = torch.arange(length, device=input_ids.device)[None, :]
+        dest = token_pos + n * (token_pos >= npad[:, None])  # token j goes to j (padding) or j + n (after the soft prompt)
+        full = emb.new_zeros(batch, length + n, emb.shape[-1])
+        full[is_soft] = soft.reshape(-1, soft.shape[-1])
+        full = full.scatter(1, dest[..., None].expand(-1, -1, emb.shape[-1]), emb)
+        mask = attention_mask.new_zeros(batch, length + n)
+        mask[is_soft] = 1
+        mask = mask.scatter(1, dest, attention_mask)
+        kwargs.pop("position_ids", None)
+        out = base(inputs_embeds=full, attention_mask=mask, **kwargs)
+        out["logits"] = out["logits"].gather(1, dest[..., None].expand(-1, -1, out["logits"].shape[-1]))
+        return out
+
+    return forward
+
+
+def _patch_soft_prompt_forward() -> None:
+    from ludwig.models.llm import LLM
+
+    if hasattr(LLM.forward, "_ftpipe_original"):
+        return
+    original = LLM.forward
+
+    def forward(self, inputs, mask=None):
+        from peft import PeftModel, PeftType
+
+        model = self.model
+        if isinstance(model, PeftModel) and not getattr(model, "_ftpipe_adjacent", False) \
+                and model.active_peft_config.peft_type == PeftType.PROMPT_TUNING:
+            model.forward = _adjacent_soft_prompt_forward(model)  # instance attribute: PEFT's generate is untouched
+            model._ftpipe_adjacent = True
+        return original(self, inputs, mask)
+
+    forward._ftpipe_original = original
+    LLM.forward = forward
+
+
+# --------------------------------------------------------------------------------------------
+# Workaround 4 (issue 15): a task head on the LLM (ECD model, `llm` text encoder, category output).
+# Upstream bug a: ECD.prepare_for_training (models/ecd.py:90-100) calls prepare_for_training() on the
+# text input feature, a no-op, instead of on its encoder: `adapter: lora` is silently ignored and every
+# LLM weight but the tied embeddings trains. Bug b: LLMEncoder.forward (encoders/text_encoders.py:2579)
+# runs the LLM without an attention mask and hands on every position, padding included, to the head's
+# pooling. Gap c: there is no way to keep the body frozen. Fix: call the encoder's own
+# prepare_for_training (once: stock initialize_adapter re-wraps on every call) and freeze an encoder
+# without adapter (ftpipe never fully fine-tunes an ECD body); mask padding by the tokenizer's pad id,
+# zero its hidden states, and compute logits for one position only.
+# --------------------------------------------------------------------------------------------
+
+
+def ecd_adapter_not_applied() -> bool:
+    """True while stock ECD.prepare_for_training calls the input feature instead of its encoder (bug a)."""
+    import inspect
+
+    from ludwig.models.ecd import ECD
+
+    original = getattr(ECD.prepare_for_training, "_ftpipe_original", ECD.prepare_for_training)
+    return "encoder_obj" not in inspect.getsource(original)
+
+
+def llm_encoder_attends_padding() -> bool:
+    """True while stock LLMEncoder.forward calls the LLM without an attention mask (bug b)."""
+    import inspect
+
+    from ludwig.encoders.text_encoders import LLMEncoder
+
+    original = getattr(LLMEncoder.forward, "_ftpipe_original", LLMEncoder.forward)
+    return "attention_mask" not in inspect.getsource(original)
+
+
+def _patch_llm_encoder() -> None:
+    import torch
+    from ludwig.constants import ENCODER_OUTPUT
+    from ludwig.encoders.text_encoders import LLMEncoder
+    from ludwig.models.ecd import ECD
+
+    if hasattr(ECD.prepare_for_training, "_ftpipe_original"):
+        return
+
+    def prepare_for_training(self):
+        for _, feature in self.input_features.items():
+            encoder = getattr(feature, "encoder_obj", None)
+            if isinstance(encoder, LLMEncoder):
+                encoder.prepare_for_training()
+                if not encoder.config.adapter:
+                    encoder.model.requires_grad_(False)  # frozen body: only the head trains
+
+    prepare_for_training._ftpipe_original = ECD.prepare_for_training
+    ECD.prepare_for_training = prepare_for_training
+
+    original_initialize = LLMEncoder.initialize_adapter
+
+    def initialize_adapter(self):
+        if not self.adapter_is_initialized:
+            original_initialize(self)
+
+    initialize_adapter._ftpipe_original = original_initialize
+    LLMEncoder.initialize_adapter = initialize_adapter
+
+    def forward(self, inputs, mask=None):
+        # `mask` compares with Ludwig's own padding id 2, a real token for an HF tokenizer: use its pad id.
+        attention = (inputs != self.tokenizer.pad_token_id).long()
+        hidden = self.model(input_ids=inputs, attention_mask=attention, output_hidden_states=True,
+                            logits_to_keep=1).hidden_states[-1]
+        hidden = hidden * attention.unsqueeze(-1).to(hidden.dtype)
+        return {ENCODER_OUTPUT: hidden.type(torch.float32)}
+
+    forward._ftpipe_original = LLMEncoder.forward
+    LLMEncoder.forward = forward
+
+
+HEAD_WEIGHTS = "head.safetensors"
+HEAD_CONFIG = "head.json"
+
+
+def export_classification_head(model, head_dir: Path, adapter_dir: Path) -> bool:
+    """Write a trained ECD head model as plain files the evaluator loads without Ludwig.
+
+    `head_dir` gets the category head (its Linear's weight and bias, `head.safetensors`) and
+    `head.json` (class labels in Ludwig's index order, the tokenized length, the pooling);
+    `adapter_dir` gets the body's PEFT adapter when it has one (a normal PEFT folder, so the held-out
+    probes can be generated with it). Ludwig internals: the encoder is
+    `input_features[name].encoder_obj` (its `.model` the LLM), the head
+    `output_features[name].decoder_obj.dense.dense`, the labels `training_set_metadata[name]["idx2str"]`.
+
+    Returns:
+        Whether the body had an adapter (then `adapter_dir` was written).
+    """
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from ftpipe.files import replace_folder, write_json_atomic
+
+    ecd, config = model.model, model.config_obj
+    in_name, out_name = config.input_features[0].name, config.output_features[0].name
+    encoder = ecd.input_features.get(in_name).encoder_obj
+    linear = ecd.output_features.get(out_name).decoder_obj.dense.dense
+    tmp = head_dir.with_name(f".{head_dir.name}.tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file({"weight": linear.weight.detach().cpu().contiguous(), "bias": linear.bias.detach().cpu().contiguous()},
+              str(tmp / HEAD_WEIGHTS))
+    preprocessing = config.input_features[0].preprocessing
+    write_json_atomic(tmp / HEAD_CONFIG, {
+        "labels": list(model.training_set_metadata[out_name]["idx2str"]),
+        "sequence_length": preprocessing.sequence_length, "pooling": "last",
+        "body": "lora" if encoder.config.adapter else "frozen",
+    })
+    replace_folder(tmp, head_dir)
+    if not encoder.config.adapter:
+        return False
+    tmp = adapter_dir.with_name(f".{adapter_dir.name}.tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    encoder.model.save_pretrained(str(tmp))
+    replace_folder(tmp, adapter_dir)
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Workaround 5 (issue 15): preference tuning. Upstream bug: Ludwig 0.17's `trainer: {type: dpo}`
+# (and kto, orpo, grpo, which subclass it) keeps no reference model (trainers/trainer_dpo.py:46-50),
+# finds the rejected reply only under a target whose name contains "rejected" (:76-82), which an LLM
+# config cannot have (one text input, one output), and otherwise trains plain cross-entropy on the
+# chosen reply without a word (:110-120); it also refuses adapters. check_config refuses those
+# trainer types. Instead ftpipe keeps the finetune trainer with its adapter, packs each pair into the
+# one target as `chosen SEP rejected` (ftpipe.data.rendering.preference_separator), and a callback
+# swaps the trainer's train_step for a DPO or ORPO step that splits the target at SEP and runs
+# Ludwig's own LLM.forward and label alignment on each reply; DPO's reference is the same model with
+# its PEFT adapter disabled.
+#
+#   logp(y) = sum over y's tokens and the EOS Ludwig appends of log p(y_t | x, y_<t)
+#   DPO:  loss = mean_i -log sigmoid(beta * ((logp_c - ref_c) - (logp_r - ref_r)))
+#   ORPO: loss = NLL(chosen, token mean) - beta * mean_i log sigmoid(log odds(c) - log odds(r)),
+#         log odds(y) = m - log(1 - exp(m)), m = logp(y) / tokens(y)
+# --------------------------------------------------------------------------------------------
+
+STOCK_PREFERENCE_TRAINERS = ("dpo", "kto", "orpo", "grpo")
+IGNORE_INDEX = -100
+
+
+def stock_dpo_is_reference_free() -> bool:
+    """True while stock DPOTrainer has no reference model and falls back to cross-entropy (the bug is there)."""
+    import inspect
+
+    from ludwig.trainers.trainer_dpo import DPOTrainer
+
+    return ("_reference_chosen_log_probs = None" in inspect.getsource(DPOTrainer.__init__)
+            and "train_loss(" in inspect.getsource(DPOTrainer.train_step))
+
+
+def split_packed_target(packed, sep_id: int, pad_id: int):
+    """[B, T] left-padded `chosen SEP rejected` token ids -> (chosen, rejected), each left-padded [B, *].
+
+    Raises:
+        TrainError: A row does not hold exactly one separator (the data layer refuses such rows).
+    """
+    import torch
+
+    chosen, rejected = [], []
+    for row in packed:
+        tokens = row[row != pad_id]
+        where = (tokens == sep_id).nonzero()
+        if len(where) != 1:
+            raise TrainError(f"a preference target holds {len(where)} separator tokens (id {sep_id}), not 1",
+                             hint="this is an ftpipe bug: the data layer packs exactly one; please report it")
+        k = int(where[0])
+        chosen.append(tokens[:k])
+        rejected.append(tokens[k + 1:])
+
+    def left_pad(rows):
+        width = max(1, max(len(r) for r in rows))
+        out = torch.full((len(rows), width), pad_id, dtype=packed.dtype, device=packed.device)
+        for i, r in enumerate(rows):
+            if len(r):
+                out[i, width - len(r):] = r
+        return out
+
+    return left_pad(chosen), left_pad(rejected)
+
+
+def completion_logps(llm, forward, inputs: dict, name: str, completion):
+    """Ludwig's forward on prompt + completion: (sum of the completion's log-probs [B], its token counts [B], used tokens).
+
+    The labels come from Ludwig's own SFT alignment (LLM._update_target_tensor_for_finetuning: the
+    completion and an EOS, -100 elsewhere), so truncation by global_max_sequence_length is respected.
+    """
+    import torch
+
+    outputs = forward((dict(inputs), {name: completion.clone()}))
+    labels = llm._update_target_tensor_for_finetuning({name: completion.clone()}, {name: outputs}, name)[name]
+    logits, labels = outputs["logits"][:, :-1].float(), labels[:, 1:]
+    mask = labels != IGNORE_INDEX
+    token_logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (token_logp * mask).sum(-1), mask.sum(-1), int(outputs.get("used_tokens", 0))
+
+
+def preference_loss(llm, forward, inputs: dict, targets: dict, *, loss: str, beta: float, sep_id: int):
+    """One batch's DPO or ORPO loss (with gradient), its parts (detached, for tests and logs) and the tokens used.
+
+    Args:
+        llm: Ludwig's LLM model (LudwigModel.model).
+        forward: What runs it: the trainer's dist_model while training, else `llm` itself.
+        inputs, targets: Ludwig's batch ({prompt: ids}, {target: packed ids}).
+        loss: "dpo" or "orpo".
+        beta: DPO's beta, or ORPO's weight of the odds-ratio term.
+        sep_id: Token id of the separator between the chosen and the rejected reply.
+    """
+    import torch
+    import torch.nn.functional as F
+    from peft import PeftModel
+
+    name = llm.config_obj.output_features[0].name
+    chosen, rejected = split_packed_target(targets[name], sep_id, llm.tokenizer.pad_token_id)
+    lp_c, n_c, used_c = completion_logps(llm, forward, inputs, name, chosen)
+    lp_r, n_r, used_r = completion_logps(llm, forward, inputs, name, rejected)
+    parts = {"logp_chosen": lp_c.detach(), "logp_rejected": lp_r.detach()}
+    if loss == "dpo":
+        if not isinstance(llm.model, PeftModel):
+            raise TrainError("DPO needs a PEFT adapter: its reference is the base model with the adapter disabled",
+                             hint="use adapter lora or qlora, or preference.loss orpo")
+        with torch.no_grad(), llm.model.disable_adapter():
+            ref_c = completion_logps(llm, llm, inputs, name, chosen)[0]
+            ref_r = completion_logps(llm, llm, inputs, name, rejected)[0]
+        value = -F.logsigmoid(beta * ((lp_c - ref_c) - (lp_r - ref_r))).mean()
+        parts.update(ref_chosen=ref_c, ref_rejected=ref_r)
+    elif loss == "orpo":
+        mean_c, mean_r = lp_c / n_c, lp_r / n_r
+        log_odds = (mean_c - torch.log1p(-torch.exp(mean_c))) - (mean_r - torch.log1p(-torch.exp(mean_r)))
+        nll = -lp_c.sum() / n_c.sum()  # token-mean NLL of the chosen replies: Ludwig's SFT loss on them
+        value = nll - beta * F.logsigmoid(log_odds).mean()
+        parts.update(nll=nll.detach(), log_odds=log_odds.detach())
+    else:
+        raise ValueError(f"unknown preference loss {loss!r}")
+    return value, parts, used_c + used_r
+
+
+def make_preference_callback(loss: str, beta: float, sep_id: int, record: list | None = None):
+    """A Ludwig callback turning the finetune trainer's train_step into a DPO or ORPO step.
+
+    Put it before callbacks that wrap train_step (the progress callback), so they see this step.
+    The step keeps Ludwig's AMP, gradient accumulation, clipping and optimizer handling
+    (trainers/trainer.py `_backward_pass`, `_optimizer_step`); it returns an int token count, as
+    the trainer saves it in training_progress.json. `record`, when given, gets each step's loss and parts.
+    """
+    import contextlib
+
+    import_ludwig()
+    from ludwig.callbacks import Callback
+
+    class _Preference(Callback):
+        def on_trainer_train_setup(self, trainer, save_path, is_coordinator, **kwargs):
+            import torch
+
+            def train_step(inputs, targets, should_step=True, profiler=None):
+                with torch.amp.autocast("cuda") if trainer.use_amp else contextlib.nullcontext():
+                    with trainer.distributed.prepare_model_update(trainer.dist_model, should_step=should_step):
+                        value, parts, used = preference_loss(trainer.model, trainer.dist_model, inputs, targets,
+                                                             loss=loss, beta=beta, sep_id=sep_id)
+                        value = value / trainer.gradient_accumulation_steps
+                if record is not None:
+                    record.append({"loss": float(value.detach()), **{k: v.tolist() for k, v in parts.items()}})
+                trainer._backward_pass(value)
+                if should_step:
+                    trainer._optimizer_step(trainer.dist_model.parameters())
+                    trainer.distributed.zero_grad(trainer.optimizer)
+                    if profiler:
+                        profiler.step()
+                return value, {}, used
+
+            trainer.train_step = train_step
+
+    return _Preference()

@@ -2,7 +2,10 @@
 
 One process trains through Ludwig directly; `compute.distributed` launches torchrun workers
 (ftpipe.training.distributed) whose rank 0 leaves the same artifacts. Either way the run folder
-ends up with `training_statistics.json` and `adapter/` (PEFT) or `weights/` (full fine-tuning).
+ends up with `training_statistics.json` and `adapter/` (PEFT) or `weights/` (full fine-tuning);
+a classification head (an ECD model) leaves `head/`, plus `adapter/` when its body had LoRA.
+One-process runs also record `parameters.json`: trainable and total weights, and what ftpipe's
+default LoRA (r 8, PEFT's default modules) would train on the same base, for comparison.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from ftpipe.training import ludwig_compat
 
 
 LOSS_LOG = "loss.jsonl"
+PARAMETERS = "parameters.json"
+HEAD = "head"
 
 
 @dataclass
@@ -57,6 +62,7 @@ def train(config: dict, frame, run_dir: Path, spec: PipelineSpec, *, device: str
         faults.step_point(int(info["step"]), steps_per_epoch)
 
     callback, model, exported = None, None, None  # exported: distributed full fine-tuning, rank 0 wrote the weights
+    head = config["model_type"] == "ecd"  # method classification_head
     try:
         if spec.compute.distributed.strategy != "none":
             from ftpipe.training import distributed
@@ -67,15 +73,25 @@ def train(config: dict, frame, run_dir: Path, spec: PipelineSpec, *, device: str
             write_json_atomic(run_dir / "distributed.json", result.summary)
         else:
             callback = ludwig_compat.make_progress_callback(on_step)
+            callbacks = [callback]
+            if spec.method == "preference":  # first, so the progress callback wraps (and reports) its step
+                callbacks.insert(0, ludwig_compat.make_preference_callback(
+                    spec.preference.loss, spec.preference.beta, preference_separator_id(config["base_model"])))
             model, stats, saved = ludwig_compat.train_model(
                 config, frame, train_dir, seed=spec.training.seed, resume=resume,
-                callbacks=[callback], quantized=isinstance(spec.adapter, QloraAdapter))
+                callbacks=callbacks, quantized=isinstance(spec.adapter, QloraAdapter), save_model=not head)
     finally:
         reporter.close()
         losses.close()
     if callback is not None and callback.was_interrupted():  # a half-trained model must not be evaluated or promoted
         raise KeyboardInterrupt("training interrupted (Ctrl-C)")
     write_json_atomic(run_dir / "training_statistics.json", stats)
+    if model is not None:
+        write_json_atomic(run_dir / PARAMETERS, {**ludwig_compat.trainable_parameters(model),
+                                                 "lora_reference": lora_reference_parameters(config)})
+    if head:
+        ludwig_compat.export_classification_head(model, run_dir / HEAD, run_dir / "adapter")
+        return TrainedModel(folder=run_dir / HEAD, statistics=stats)
     adapter = ludwig_compat.adapter_folder(saved)
     final = run_dir / ("adapter" if adapter else "weights")
     if adapter:
@@ -87,6 +103,31 @@ def train(config: dict, frame, run_dir: Path, spec: PipelineSpec, *, device: str
     if not any(final.iterdir()):
         raise TrainError(f"no model weights were saved in {final}")
     return TrainedModel(folder=final, statistics=stats)
+
+
+def preference_separator_id(base_model: str) -> int:
+    """Token id of the separator the data layer packed each preference pair with (same tokenizer, same rule)."""
+    from ftpipe.data import load_tokenizer
+    from ftpipe.data.rendering import preference_separator
+
+    tokenizer = load_tokenizer(base_model)
+    return int(tokenizer.convert_tokens_to_ids(preference_separator(tokenizer)))
+
+
+def lora_reference_parameters(config: dict) -> dict:
+    """What ftpipe's default LoRA (r 8, PEFT's default target modules) trains on this base: the yardstick
+    the report puts next to every run's trainable count. Built on the meta device: no weights are read."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    base = config.get("base_model") or config["input_features"][0]["encoder"]["base_model"]
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM"))
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    modules = sorted(peft_model.peft_config["default"].target_modules)
+    return {"r": 8, "target_modules": modules, "trainable": int(trainable), "base_total": int(total - trainable)}
 
 
 def _place_copy(source: Path, final: Path) -> None:
