@@ -66,3 +66,36 @@ def _broken(output: str) -> list[str]:
         else:
             current.append(word)
     return names
+
+
+def _private_uses(source: str) -> list[str]:
+    """Underscored ftpipe names a test module reaches: `from ftpipe.x import _y`, or `mod._y` on an ftpipe module."""
+    import ast
+
+    tree, modules, found = ast.parse(source), set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ftpipe"):
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    found.append(f"{node.module}.{alias.name}")
+                elif alias.name[:1].islower():
+                    modules.add(alias.asname or alias.name)  # may be a module (from ftpipe.evaluation import sandbox)
+        elif isinstance(node, ast.Import):
+            modules |= {a.asname or a.name for a in node.names if a.name.startswith("ftpipe")}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                and isinstance(node.value, ast.Name) and node.value.id in modules):
+            found.append(f"{node.value.id}.{node.attr}")
+    return found
+
+
+def test_tests_use_public_names():
+    """Tests go through public names or documented testing hooks, so a private helper can move freely."""
+    uses = {p.name: _private_uses(p.read_text()) for p in sorted((ROOT / "tests").glob("test_*.py"))}
+    assert {name: found for name, found in uses.items() if found} == {}
+
+
+def test_the_public_name_check_catches_a_private_import():
+    assert _private_uses("from ftpipe.evaluation.sandbox import _run\n") == ["ftpipe.evaluation.sandbox._run"]
+    assert _private_uses("from ftpipe.evaluation import sandbox\nsandbox._landlock_abi()\n") == ["sandbox._landlock_abi"]
+    assert _private_uses("from ftpipe.evaluation import sandbox\nsandbox.run_python('x')\n") == []

@@ -175,7 +175,7 @@ def diagnosed_run(tiny_llama_dir, tmp_path_factory):
 
 
 def test_diagnosis_on_the_tiny_model_writes_evidence_per_item(diagnosed_run):
-    from ftpipe.evaluation.diagnosis import _continuation
+    from ftpipe.evaluation.diagnosis import answer_continuation
     from ftpipe.evaluation.generation import load_model
     from ftpipe.evaluation.evaluate import tuned_model_spec
     from ftpipe.lifecycle import load_run_spec
@@ -195,7 +195,7 @@ def test_diagnosis_on_the_tiny_model_writes_evidence_per_item(diagnosed_run):
     spec = load_run_spec(run_dir).spec
     items = json.loads((run_dir / "eval_items.json").read_text())["say_word"]
     model = load_model(tuned_model_spec(run_dir, spec, str(tiny_llama_dir_of(run_dir)), "cpu"))
-    (ll, n), = model.loglikelihood([items[0]["prompt"]], [_continuation(items[0]["prompt"], items[0]["reference"])])
+    (ll, n), = model.loglikelihood([items[0]["prompt"]], [answer_continuation(items[0]["prompt"], items[0]["reference"])])
     assert rows[0]["reference_ll_tuned"] == pytest.approx(ll, abs=1e-4) and rows[0]["reference_tokens"] == n
 
 

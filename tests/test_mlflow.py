@@ -151,7 +151,7 @@ def test_against_a_real_tracking_server(tiny_chat_run, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     from ftpipe.lifecycle.mlflow_ import log_run, move_alias
-    from ftpipe.lifecycle.mlflow_ import _run_spec
+    from ftpipe.lifecycle.mlflow_ import run_spec
 
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
@@ -171,7 +171,7 @@ def test_against_a_real_tracking_server(tiny_chat_run, tmp_path, monkeypatch):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         run_dir = tmp_path / "runs" / "tiny-chat" / tiny_chat_run.name
         shutil.copytree(tiny_chat_run, run_dir, ignore=shutil.ignore_patterns("training"))
-        record = log_run(run_dir, _run_spec(run_dir), "succeeded")
+        record = log_run(run_dir, run_spec(run_dir), "succeeded")
         client = MlflowClient(tracking_uri=uri)
         assert client.get_run(record["run_id"]).data.params["tasks.0.source.format"] == "messages"
         assert move_alias(run_dir.parent, "promote", run_dir.name) == "1"

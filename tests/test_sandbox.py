@@ -20,7 +20,7 @@ import pytest
 from ftpipe.evaluation import sandbox
 from ftpipe.evaluation.sandbox import SandboxResult, run_many, run_python
 
-KERNEL_LAYERS = bool(sandbox._unshare_prefix() or sandbox._landlock_abi())
+KERNEL_LAYERS = bool(sandbox.host_capabilities().namespaces or sandbox.host_capabilities().landlock_abi)
 
 CONFIGS = {
     "all": {},
@@ -36,7 +36,7 @@ def run(request):
         pytest.skip("neither user namespaces nor Landlock are available on this host")
 
     def _run(program: str, **kw) -> tuple[SandboxResult, bool]:
-        result = sandbox._run(program, timeout_s=5, **CONFIGS[request.param], **kw)
+        result = sandbox.run_python(program, timeout_s=5, **CONFIGS[request.param], **kw)
         # Without the hook the OS refuses instead, which the program sees as an error.
         return result, request.param != "kernel_only"
 
@@ -46,8 +46,8 @@ def run(request):
 
 def _kernel_covers(what: str) -> bool:
     """Whether this host's kernel layers stop a kind of attack without the audit hook."""
-    abi, namespaces = sandbox._landlock_abi(), bool(sandbox._unshare_prefix())
-    seccomp = bool(sandbox._seccomp_machine())
+    abi, namespaces = sandbox.host_capabilities().landlock_abi, sandbox.host_capabilities().namespaces
+    seccomp = bool(sandbox.host_capabilities().seccomp)
     return {
         "files": abi >= 3,  # ABI 3 adds truncate
         "reads": abi >= 1,
@@ -56,10 +56,10 @@ def _kernel_covers(what: str) -> bool:
         "udp": namespaces or seccomp,
         "unix": seccomp,
         "signals": abi >= 6 or namespaces,
-        "nproc": bool(sandbox._task_limit()[0]),
+        "nproc": bool(sandbox.host_capabilities().max_tasks),
         "pidns": namespaces,
         "bind": abi >= 4,
-        "uid": sandbox._task_limit()[1] >= 0,
+        "uid": sandbox.host_capabilities().own_uid,
         "output": True,
     }[what]
 
@@ -249,7 +249,7 @@ def test_relative_path_escape_is_stopped(run, tmp_path):
 )
 def test_existing_outside_files_are_untouched(run, tmp_path, action):
     _needs(run, "files")
-    if run.config == "kernel_only" and "chmod" in action and not sandbox._seccomp_machine():
+    if run.config == "kernel_only" and "chmod" in action and not sandbox.host_capabilities().seccomp:
         # Landlock has no right for metadata changes, and the item keeps root's file access;
         # only the seccomp filter refuses them.
         pytest.xfail("known gap: without the hook and seccomp, chmod/utime of root's files")
@@ -306,7 +306,7 @@ def test_killing_the_evaluator_is_contained(run, target):
     # Reaching this line means the evaluator survived; now check what the item reported.
     if blocked:
         assert (result.passed, result.status) == (False, "blocked")
-    elif target == "EVALUATOR" or not sandbox._unshare_prefix():
+    elif target == "EVALUATOR" or not sandbox.host_capabilities().namespaces:
         assert (result.passed, result.status) == (False, "failed")  # EPERM or ESRCH
     # else: in a PID namespace getppid() is 0 and kill(0) only reaches the item's own group.
 
@@ -374,8 +374,8 @@ def test_run_many_keeps_order_and_isolates_items():
 def test_isolation_layers_are_reported():
     layers = sandbox.isolation_layers()
     assert layers[:2] == ("process", "rlimits") and layers[-1] == "audit-hook"
-    assert ("namespaces" in layers) == bool(sandbox._unshare_prefix())
-    assert any(layer.startswith("landlock") for layer in layers) == bool(sandbox._landlock_abi())
+    assert ("namespaces" in layers) == sandbox.host_capabilities().namespaces
+    assert any(layer.startswith("landlock") for layer in layers) == bool(sandbox.host_capabilities().landlock_abi)
 
 
 def test_work_folder_is_removed(tmp_path, monkeypatch):
@@ -386,7 +386,7 @@ def test_work_folder_is_removed(tmp_path, monkeypatch):
 
 
 def test_detached_children_die_with_the_item(workdirs):
-    if not sandbox._unshare_prefix():
+    if not sandbox.host_capabilities().namespaces:
         pytest.skip("needs the PID namespace")
     # With the hook off, a forked child that starts its own session escapes a process-group
     # kill; the PID namespace still ends it when the item ends.
@@ -395,7 +395,7 @@ def test_detached_children_die_with_the_item(workdirs):
         "if os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n"
         "time.sleep(0.3)\n"
     )
-    result = sandbox._run(program, timeout_s=5, audit_hook=False)
+    result = sandbox.run_python(program, timeout_s=5, audit_hook=False)
     assert result.status == "passed"
     assert workdirs and _processes_using(workdirs) == []
 
@@ -423,7 +423,7 @@ def test_item_has_no_capabilities_and_no_new_privileges():
     ],
 )
 def test_classify_signals(rc, cpu_limited, expected):
-    result = sandbox._classify(rc, False, cpu_limited, False, "", 1.0)
+    result = sandbox.classify_ending(rc, False, cpu_limited, False, "", 1.0)
     assert (result.passed, result.status) == (False, expected)
 
 
@@ -667,7 +667,7 @@ def test_hostile_program_is_contained(name, hooked, bait, workdirs):
         if missing:
             pytest.skip(f"this host's kernel layers do not cover {missing}")
     start = time.monotonic()
-    result = sandbox._run(bait.preamble + case.program, timeout_s=case.timeout_s,
+    result = sandbox.run_python(bait.preamble + case.program, timeout_s=case.timeout_s,
                           audit_hook=hooked)
     elapsed = time.monotonic() - start
 
@@ -679,7 +679,7 @@ def test_hostile_program_is_contained(name, hooked, bait, workdirs):
         assert secret not in result.detail
     assert not any(f"'{n}'" in result.detail for n in _real_home_names()), result.detail
     assert "PATH=" not in result.detail
-    assert len(result.detail) < sandbox._DETAIL_CHARS + 200
+    assert len(result.detail) < sandbox.DETAIL_CHARS + 200
     assert _nothing_arrived(bait.sockets)
     assert not bait.target.exists()
     assert (bait.home / ".cache" / "token").read_text() == bait.secrets["token"]
@@ -700,7 +700,7 @@ def test_forged_completion_token_does_not_pass(hooked):
         "os._exit(0)\n"
         "assert False, 'the tests below never run'\n"
     )
-    assert not sandbox._run(program, audit_hook=hooked).passed
+    assert not sandbox.run_python(program, audit_hook=hooked).passed
 
 
 def test_process_count_is_limited():
@@ -718,10 +718,10 @@ def test_process_count_is_limited():
         "    sys.stderr.write('forked %d\\n' % n)\n"
         "    raise\n"
     )
-    result = sandbox._run(program, timeout_s=5, audit_hook=False)
+    result = sandbox.run_python(program, timeout_s=5, audit_hook=False)
     assert result.status == "failed" and "BlockingIOError" in result.detail, result
     forked = int(result.detail.split("forked ")[1].split()[0])
-    assert forked < sandbox._MAX_TASKS  # the runner itself is one of the tasks
+    assert forked < sandbox.MAX_TASKS  # the runner itself is one of the tasks
     assert _children_left() == []
 
 
@@ -758,7 +758,7 @@ def test_reading_a_secret_is_refused_in_every_configuration(config, bait):
     if config == "kernel_only" and not _kernel_covers("reads"):
         pytest.skip("no Landlock here: reads are guarded by the audit hook only")
     program = bait.preamble + "import sys\nsys.stderr.write(open(SECRET).read())\n"
-    result = sandbox._run(program, timeout_s=5, **CONFIGS[config])
+    result = sandbox.run_python(program, timeout_s=5, **CONFIGS[config])
     assert not result.passed
     assert result.status == ("failed" if config == "kernel_only" else "blocked"), result
     assert bait.secrets["token"] not in result.detail
@@ -766,11 +766,11 @@ def test_reading_a_secret_is_refused_in_every_configuration(config, bait):
 
 def test_read_guard_is_reported_honestly():
     layers = sandbox.isolation_layers()
-    assert sandbox.reads_guarded() == bool(sandbox._landlock_abi())
+    assert sandbox.reads_guarded() == bool(sandbox.host_capabilities().landlock_abi)
     assert ("landlock-reads" in layers) == sandbox.reads_guarded()
-    assert ("nproc" in layers) == bool(sandbox._task_limit()[0])
-    assert ("seccomp" in layers) == bool(sandbox._seccomp_machine())
-    assert ("own-uid" in layers) == (sandbox._task_limit()[1] >= 0)
+    assert ("nproc" in layers) == bool(sandbox.host_capabilities().max_tasks)
+    assert ("seccomp" in layers) == bool(sandbox.host_capabilities().seccomp)
+    assert ("own-uid" in layers) == (sandbox.host_capabilities().own_uid)
 
 
 def test_outcomes_without_pidfd(monkeypatch):

@@ -116,9 +116,9 @@ def test_a_trial_whose_worker_died_is_queued_again_with_its_parameters(tmp_path)
     import optuna
     from optuna.trial import TrialState
 
-    from ftpipe.lifecycle.sweep import _storage
+    from ftpipe.lifecycle.sweep import optuna_storage
 
-    study = optuna.create_study(study_name="s", storage=_storage(f"sqlite:///{tmp_path / 'db.sqlite'}", 60),
+    study = optuna.create_study(study_name="s", storage=optuna_storage(f"sqlite:///{tmp_path / 'db.sqlite'}", 60),
                                 directions=["maximize", "minimize"])
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -84,7 +84,7 @@ def test_soft_prompt_evaluation_is_independent_of_padding(request, tmp_path, tin
     with torch.no_grad():
         own = peft.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
                             pad_token_id=model.pad_id)[0, ids.shape[1]:].tolist()
-    assert model.tokenizer.decode(model._new_tokens(own), skip_special_tokens=True).strip() == batched[0]
+    assert model.tokenizer.decode(model.new_tokens(own), skip_special_tokens=True).strip() == batched[0]
 
 
 @pytest.mark.parametrize("body", ["lora", "frozen"])

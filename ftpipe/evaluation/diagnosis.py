@@ -201,14 +201,15 @@ def describe_changes(changes: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _continuation(prompt: str, answer: str) -> str:
+def answer_continuation(prompt: str, answer: str) -> str:
+    """The text scored after a prompt for an answer: a space between them unless the prompt ends in one."""
     return answer if prompt.endswith(("\n", " ")) or not prompt else " " + answer
 
 
 def reference_evidence(model: Any, items: list[EvalItem], candidates: list[list[str]], batch_size: int = 16) -> ReferenceEvidence:
     """Log-likelihood of every candidate answer given the item's prompt, in one batched pass."""
     contexts = [i.prompt for i, cands in zip(items, candidates) for _ in cands]
-    conts = [_continuation(i.prompt, c) for i, cands in zip(items, candidates) for c in cands]
+    conts = [answer_continuation(i.prompt, c) for i, cands in zip(items, candidates) for c in cands]
     lls = model.loglikelihood(contexts, conts, batch_size=batch_size)
     ll, tokens, ranks, k = [], [], [], 0
     for cands in candidates:

@@ -502,7 +502,8 @@ class LoadedModel:
             mask[i, : len(r)] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _new_tokens(self, row: list[int]) -> list[int]:
+    def new_tokens(self, row: list[int]) -> list[int]:
+        """A generated row's tokens up to (without) its first end-of-sequence token."""
         eos = set(self.eos_ids)
         for j, t in enumerate(row):
             if t in eos:
@@ -606,7 +607,7 @@ class LoadedModel:
                         **stop_kwargs,
                     )
             for row, i in zip(out[:, width:].tolist(), idx):
-                text = self.tokenizer.decode(self._new_tokens(row), skip_special_tokens=True)
+                text = self.tokenizer.decode(self.new_tokens(row), skip_special_tokens=True)
                 results[i] = _cut_at_stop(text, stops)
             finished += len(idx)
             if progress is not None:

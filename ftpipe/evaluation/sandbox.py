@@ -14,7 +14,7 @@ ftpipe off the child's import path).
    the whole process group is killed.
 2. **Resource limits** set in the child before the untrusted code runs: address space
    (``memory_mb``, per process), CPU seconds, size of any file written (64 MiB), no core
-   dumps, and ``RLIMIT_NPROC`` (``_MAX_TASKS`` processes plus threads) where the kernel
+   dumps, and ``RLIMIT_NPROC`` (``MAX_TASKS`` processes plus threads) where the kernel
    enforces it: it exempts real uid 0, hence layer 3, and it counts per user namespace.
 3. **An own uid** when the evaluator is root: the item's real, effective and saved uid
    become a random otherwise unused uid (from ``_TASK_UIDS``), so ``RLIMIT_NPROC``
@@ -67,7 +67,7 @@ Known gaps:
     so it can read the completion token from the runner's frame and print it. The token
     stops accidental early exits, not deliberate forgery. (No containment is lost.)
 (b) Memory is limited per process, so with the hook bypassed an item can hold up to
-    ``_MAX_TASKS`` times ``memory_mb``; disk use of the working folder is bounded only
+    ``MAX_TASKS`` times ``memory_mb``; disk use of the working folder is bounded only
     per file and by the time limit. (A cgroup would bound both; we do not create one.)
 (c) With the hook bypassed, the item can still stat() paths it may not read (existence,
     size, times), since Landlock does not guard path lookup.
@@ -122,11 +122,11 @@ _FILE_SIZE_LIMIT = 64 * 2**20  # bytes; per file the item writes in its work fol
 _OUTPUT_LIMIT = 4 * 2**20  # bytes of stdout plus stderr before the item is killed
 # Processes plus threads per item (RLIMIT_NPROC), where enforceable. Enough for a thread
 # pool of default size; small, because memory_mb applies to each process.
-_MAX_TASKS = 32
+MAX_TASKS = 32
 # Under root, items run as a random uid from this range: (first, count). Far above the
 # uids distributions hand out, so no real user's processes share the count.
 _TASK_UIDS = (0x6F000000, 2**20)
-_DETAIL_CHARS = 800
+DETAIL_CHARS = 800
 _UNSHARE_ARGS = ("--net", "--pid", "--fork", "--kill-child")
 
 
@@ -161,7 +161,7 @@ def _can_switch_uid() -> bool:
             caps = next(line for line in f if line.startswith("CapEff:"))
     except (OSError, StopIteration):
         return False
-    return bool(int(caps.split()[1], 16) >> sandbox_runner._CAP_SETUID & 1)
+    return bool(int(caps.split()[1], 16) >> sandbox_runner.CAP_SETUID & 1)
 
 
 @functools.cache
@@ -193,9 +193,9 @@ def _task_limit(kernel_layers: bool = True) -> tuple[int, int]:
     """
     if _can_switch_uid():
         first, count = _TASK_UIDS
-        return _MAX_TASKS, first + secrets.randbelow(count)
+        return MAX_TASKS, first + secrets.randbelow(count)
     if kernel_layers and _unshare_prefix():
-        return _MAX_TASKS, -1
+        return MAX_TASKS, -1
     return 0, -1
 
 
@@ -205,6 +205,24 @@ def _seccomp_machine() -> str:
     if sys.platform.startswith("linux") and machine in sandbox_runner.SECCOMP_ARCHES:
         return machine
     return ""
+
+
+@dataclass(frozen=True)
+class HostCapabilities:
+    """Which kernel defenses this host offers the sandbox (probed once; tests skip by them)."""
+
+    landlock_abi: int  # 0: no Landlock
+    namespaces: bool  # net + pid namespaces through unshare
+    seccomp: str  # architecture with a seccomp filter, or ""
+    max_tasks: int  # RLIMIT_NPROC an item gets (0: no limit the kernel enforces)
+    own_uid: bool  # items run under a uid of their own
+
+
+def host_capabilities() -> HostCapabilities:
+    """The defenses available here, as `isolation_layers` names them, in fields."""
+    max_tasks, uid = _task_limit()
+    return HostCapabilities(landlock_abi=_landlock_abi(), namespaces=bool(_unshare_prefix()),
+                            seccomp=_seccomp_machine(), max_tasks=max_tasks, own_uid=uid >= 0)
 
 
 def reads_guarded() -> bool:
@@ -253,7 +271,7 @@ def _capture(proc: subprocess.Popen, timeout_s: float) -> tuple[str, bytes, byte
         (ending, stdout tail, stderr tail); ending is "exit", "timeout", or "output" when
         more than _OUTPUT_LIMIT bytes came (the caller then kills the item).
     """
-    keep = {proc.stdout.fileno(): 64, proc.stderr.fileno(): _DETAIL_CHARS * 4}
+    keep = {proc.stdout.fileno(): 64, proc.stderr.fileno(): DETAIL_CHARS * 4}
     tails = {fd: b"" for fd in keep}
     total = 0
     deadline = time.monotonic() + timeout_s
@@ -310,7 +328,7 @@ def _kill_group(pid: int) -> None:
             pass
 
 
-def _run(
+def run_python(
     program: str,
     *,
     timeout_s: float = 10.0,
@@ -318,10 +336,21 @@ def _run(
     audit_hook: bool = True,
     kernel_layers: bool = True,
 ) -> SandboxResult:
-    """run_python with switches to turn layers off, so tests can check each layer alone.
+    """Run one untrusted Python program (generated code plus its tests) in the sandbox.
 
-    ``kernel_layers=False`` drops the namespaces, Landlock and seccomp (as on hosts without
-    them); the uid switch, rlimits and the capability drop stay.
+    Never raises for anything the program does; every outcome is a SandboxResult.
+
+    Args:
+        program: Python source; it passes when it runs to its end without an exception.
+        timeout_s: Wall-clock limit in seconds; the item's whole process group is killed.
+        memory_mb: Address-space limit in MiB.
+        audit_hook: Testing switch: False leaves the in-process audit hook out.
+        kernel_layers: Testing switch: False drops the namespaces, Landlock and seccomp (as on
+            hosts without them); the uid switch, rlimits and the capability drop stay. Tests
+            turn layers off to check each of the others alone.
+
+    Returns:
+        The outcome; ``passed`` is True only for a clean run within the limits.
     """
     try:
         workdir = os.path.realpath(tempfile.mkdtemp(prefix="ftpipe-sandbox-"))
@@ -376,14 +405,14 @@ def _run(
             proc.returncode = os.waitstatus_to_exitcode(status)
             proc.stdout.close()
             proc.stderr.close()
-        detail = err.decode("utf-8", "replace")[-_DETAIL_CHARS:]
+        detail = err.decode("utf-8", "replace")[-DETAIL_CHARS:]
         if ending == "output":
             limit = f"output limit: more than {_OUTPUT_LIMIT // 2**20} MiB written, item killed"
             return SandboxResult(False, "failed", f"{limit}\n{detail}".strip())
         finished = out.endswith(token)
         cpu_limited = usage.ru_utime + usage.ru_stime >= cpu_s
         timed_out = ending == "timeout"
-        return _classify(proc.returncode, timed_out, cpu_limited, finished, detail, timeout_s)
+        return classify_ending(proc.returncode, timed_out, cpu_limited, finished, detail, timeout_s)
     except OSError as e:
         # The sandbox itself failed (no interpreter, no pipes): not the program's fault.
         return SandboxResult(False, "error", f"sandbox failure: {e}")
@@ -391,10 +420,10 @@ def _run(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _classify(
+def classify_ending(
     rc: int, timed_out: bool, cpu_limited: bool, finished: bool, detail: str, timeout_s: float
 ) -> SandboxResult:
-    """Map how the item ended to a SandboxResult."""
+    """Map how an item ended (exit code, timeouts, whether it reached its end) to a SandboxResult."""
     if timed_out:
         return SandboxResult(False, "timeout", f"killed after {timeout_s:g} s\n{detail}".strip())
     if rc == 0 and finished:
@@ -411,22 +440,6 @@ def _classify(
     if rc == EXIT_SETUP:
         return SandboxResult(False, "error", detail)
     return SandboxResult(False, "failed", detail)
-
-
-def run_python(program: str, *, timeout_s: float = 10.0, memory_mb: int = 512) -> SandboxResult:
-    """Run one untrusted Python program (generated code plus its tests) in the sandbox.
-
-    Never raises for anything the program does; every outcome is a SandboxResult.
-
-    Args:
-        program: Python source; it passes when it runs to its end without an exception.
-        timeout_s: Wall-clock limit in seconds; the item's whole process group is killed.
-        memory_mb: Address-space limit in MiB.
-
-    Returns:
-        The outcome; ``passed`` is True only for a clean run within the limits.
-    """
-    return _run(program, timeout_s=timeout_s, memory_mb=memory_mb)
 
 
 def run_many(programs: list[str], *, workers: int = 2, **kw) -> list[SandboxResult]:

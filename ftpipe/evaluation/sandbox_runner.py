@@ -40,7 +40,7 @@ _SYS_LANDLOCK_RESTRICT_SELF = 446
 _PR_SET_KEEPCAPS = 8
 _PR_SET_SECCOMP = 22
 _PR_SET_NO_NEW_PRIVS = 38
-_CAP_SETUID = 7
+CAP_SETUID = 7
 _CAP_VERSION_3 = 0x20080522
 
 # seccomp: per architecture, the audit arch and the numbers of the system calls we filter.
@@ -158,7 +158,7 @@ def switch_real_uid(uid: int) -> None:
     # Keep the permitted capabilities across the uid change, long enough for setfsuid.
     _prctl("keepcaps", _PR_SET_KEEPCAPS, 1)
     os.setresuid(uid, uid, uid)
-    _capset(1 << _CAP_SETUID, 1 << _CAP_SETUID)
+    _capset(1 << CAP_SETUID, 1 << CAP_SETUID)
     libc.setfsuid(0)  # returns the previous fsuid, never an error
     _prctl("keepcaps", _PR_SET_KEEPCAPS, 0)
     if os.getresuid() != (uid, uid, uid):

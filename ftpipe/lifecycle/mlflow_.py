@@ -212,7 +212,7 @@ def catch_up(pdir: Path, run_id: str | None) -> None:
 
 def _move_alias(pdir: Path, action: str, run_id: str) -> tuple[bool, str | None]:
     run_dir = pdir / run_id
-    spec = _run_spec(run_dir)
+    spec = run_spec(run_dir)
     settings = settings_for(spec) if spec is not None else None
     if settings is None or settings.register_as == "none":
         return True, None  # tracking off for this run: nothing to move
@@ -284,7 +284,7 @@ def _log_model(client, mlflow_run: str, run_dir: Path, spec: PipelineSpec, setti
 def _remove_alias(pdir: Path) -> tuple[bool, None]:
     """No run is promoted any more: the alias of the pipeline's last registered model goes too."""
     for run_dir in sorted((p for p in pdir.iterdir() if not p.is_symlink() and (p / RECORD).is_file()), reverse=True):
-        spec = _run_spec(run_dir)
+        spec = run_spec(run_dir)
         settings = settings_for(spec) if spec is not None else None
         record = _json(run_dir / RECORD)
         if settings is None or not record.get("registered_model"):
@@ -298,7 +298,8 @@ def _remove_alias(pdir: Path) -> tuple[bool, None]:
     return True, None
 
 
-def _run_spec(run_dir: Path) -> PipelineSpec | None:
+def run_spec(run_dir: Path) -> PipelineSpec | None:
+    """The spec a run folder was trained with (its spec.yaml), or None when it cannot be read."""
     import yaml
 
     try:

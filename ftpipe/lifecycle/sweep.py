@@ -236,7 +236,8 @@ def sweep_folder(spec_name: str, study: str, root: Path | None = None) -> Path:
     return pipeline_dir(spec_name, root) / SWEEPS / study
 
 
-def _storage(url: str, heartbeat_s: int):
+def optuna_storage(url: str, heartbeat_s: int):
+    """Optuna storage at `url` with a heartbeat, so trials of a dead worker are found and queued again."""
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
@@ -387,7 +388,7 @@ def run_sweep(spec_path: Path, params: list[str] | None = None, overrides: list[
     folder = sweep_folder(loaded.spec.name, name, root)
     folder.mkdir(parents=True, exist_ok=True)
     url = storage or section.storage or f"sqlite:///{(folder / 'optuna.db').resolve()}"
-    study = optuna.create_study(study_name=name, storage=_storage(url, heartbeat_s), load_if_exists=True,
+    study = optuna.create_study(study_name=name, storage=optuna_storage(url, heartbeat_s), load_if_exists=True,
                                 directions=["maximize", "minimize"], sampler=_sampler(kind, space, section.seed))
     study.set_metric_names(list(OBJECTIVES))
     study.set_user_attr("spec", str(Path(spec_path)))
