@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-slow configs bench clean
+.PHONY: setup demo test test-slow gpu-check configs bench clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+# Everything that needs a CUDA GPU (tests marked gpu, a QLoRA run on CUDA, bench/gpu.py); "skipped" without one.
+gpu-check: $(STAMP)
+	$(BIN)/python bench/gpu_check.py
 
 configs: $(STAMP)
 	$(BIN)/python -m ftpipe.training.golden

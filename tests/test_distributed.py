@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -264,3 +265,15 @@ def test_cli_join_refuses_rank_zero_and_waits_for_a_launched_run(tmp_path):
     assert refused.exit_code == 2 and "node 0 is the machine running `ftpipe run`" in refused.output
     missing = runner.invoke(app, ["join", str(SPEC), "--node-rank", "1", "--runs-dir", str(tmp_path), "--wait", "0"])
     assert missing.exit_code == 2 and "no launched run of" in missing.output
+
+
+def test_gpu_check_says_skipped_and_exits_0_without_a_gpu():
+    """`make gpu-check` is safe on any machine: without CUDA it runs nothing and says so."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is here: make gpu-check runs for real")
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().startswith("gpu-check: skipped (no CUDA GPU")
