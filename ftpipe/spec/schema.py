@@ -624,7 +624,7 @@ class PipelineSpec(Section):
             raise ValueError("domain_adaptation tasks must have kind perplexity (raw text)")
         if self.method != "domain_adaptation" and any(is_text):
             raise ValueError("perplexity tasks train only with method domain_adaptation")
-        probes = [t.name for t in self.tasks + ([self.data.replay.task] if self.data.replay else []) if t.kind == "lm_eval"]
+        probes = [t.name for t in self.tasks + ([self.data.replay.task] if self.data.replay and self.data.replay.task else []) if t.kind == "lm_eval"]
         if probes:
             raise ValueError(f"kind lm_eval is a held-out probe (evaluation.held_out), not trained on: {', '.join(probes)}")
         return self
