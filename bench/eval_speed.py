@@ -10,7 +10,8 @@ Generation (ticket_routing and order_extraction, the first ITEMS items each, the
 stop strings): `generate(batch_size=16)` with reuse_kv=True (the shared prompt prefix runs once per call, incl. that
 prefix forward) against reuse_kv=False (plain left-padded batches). Target: >= 1.5x; identical texts.
 
-Model: SmolLM2-135M-Instruct from the store if present, else tiny-llama; float32 on the CPU, one torch thread.
+Model: SmolLM2-135M-Instruct from the store if present, else tiny-llama; float32 (--dtype) on the CPU, one torch
+thread. Both variants set `reuse_kv` explicitly (it is on by default only in float32).
 Times are the thread's CPU time (time.thread_time), which a busy machine disturbs much less than wall time (wall
 time is recorded too); the variants alternate, ROUNDS rounds, medians compared.
 """
@@ -102,6 +103,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=ITEMS)
     ap.add_argument("--rounds", type=int, default=ROUNDS)
+    ap.add_argument("--dtype", default="float32", help="bfloat16 measures the opt-in 16-bit case (not identical there)")
     ap.add_argument("--out", type=Path, help="write here instead of bench/results/eval_speed.json")
     a = ap.parse_args()
     import torch
@@ -113,7 +115,7 @@ def main() -> None:
     torch.set_num_threads(1)
     model_name, base = pick_model()
     generation, mc_items, stop = demo_tasks(model_name, base, a.items)
-    lm = load_model(ModelSpec(base_path=base, device="cpu", dtype="float32"))
+    lm = load_model(ModelSpec(base_path=base, device="cpu", dtype=a.dtype))
     contexts, conts = mc_pairs(mc_items)
 
     def ll(reuse: bool):

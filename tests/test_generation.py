@@ -373,6 +373,11 @@ def test_shared_prefix_leaves_each_row_its_own_tail(base_model: LoadedModel, sys
         assert base_model._shared_prefix_cache(encoded, []) == (0, None)
 
 
+def test_kv_reuse_is_on_by_default_only_in_float32(varied_base: Path, base_model: LoadedModel):
+    assert base_model.reuse_kv is True
+    assert load_model(ModelSpec(base_path=str(varied_base), device="cpu", dtype="bfloat16")).reuse_kv is False
+
+
 def _pairs(items):
     return [c for c, opts in items for _ in opts], [o for _, opts in items for o in opts]
 
