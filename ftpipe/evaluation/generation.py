@@ -597,7 +597,9 @@ class LoadedModel:
         in them), sorted by length (longest first) and left-padded in batches with attention
         masks. In float32 the results equal generating each prompt alone, token for token (in
         bf16/fp16 padding can flip near-ties). A row stops at an eos token, at ``max_new_tokens``,
-        or once its text contains a stop string.
+        or once its text contains a stop string. With ``reuse_kv``, a token prefix all prompts share
+        (a system prompt, few-shot examples) is run once per call and its KV cache reused by every
+        batch (see ``_shared_prefix_cache``), with the same outputs.
 
         Args:
             prompts: Fully rendered prompts.
