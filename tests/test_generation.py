@@ -7,6 +7,7 @@ weights with std 0.2 so that greedy outputs differ from prompt to prompt and tok
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -301,6 +302,131 @@ def test_loglikelihood_prefers_a_nudged_continuation(varied_base: Path, tmp_path
     after = dict(zip(choices, tuned.loglikelihood([context] * 2, choices)))
     other = choices[1] if target == choices[0] else choices[0]
     assert after[target][0] > after[other][0]
+
+
+# --------------------------------------------------------------------------- KV-cache reuse (issue 16)
+
+SYSTEM = "You are a support assistant for a small bakery. Answer in one short sentence, politely and exactly."
+
+MC_ITEMS = [  # (context, options): the options of an item share its context, as scoring.py builds them
+    ("<|im_start|>user\nIs this review positive or negative? Great film!<|im_end|>\n<|im_start|>assistant\n",
+     ["Positive", "Negative", "Neutral, mostly", "It is hard to say"]),
+    ("Question: which animal barks?\nAnswer:", [" a dog", " a cat", " a very small bird", " fish"]),
+    ("A", [" cat", " b"]),
+    ("", ["Hello there", "Hi"]),
+    ("The quick brown fox", [" jumps over the lazy dog", "", " sleeps"]),
+]
+
+
+@contextlib.contextmanager
+def _reuse_kv(lm: LoadedModel, on: bool):
+    before = lm.reuse_kv
+    lm.reuse_kv = on
+    try:
+        yield lm
+    finally:
+        lm.reuse_kv = before
+
+
+def _fast_and_full(lm: LoadedModel, method: str, *args, **kwargs):
+    with _reuse_kv(lm, True):
+        fast = getattr(lm, method)(*args, **kwargs)
+    with _reuse_kv(lm, False):
+        full = getattr(lm, method)(*args, **kwargs)
+    return fast, full
+
+
+@pytest.fixture(scope="session")
+def system_prompts(base_model: LoadedModel) -> list[str]:
+    return [base_model.tokenizer.apply_chat_template(
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}], tokenize=False,
+        add_generation_prompt=True) for q in QUESTIONS]
+
+
+@pytest.mark.parametrize("which", ["base", "tuned"])
+def test_generate_with_a_shared_prefix_cache_equals_the_plain_batched_path(
+    which: str, base_model: LoadedModel, tuned_model: LoadedModel, system_prompts: list[str]
+):
+    lm = base_model if which == "base" else tuned_model
+    encoded = [lm._encode(p) for p in system_prompts]
+    shared, cache = lm._shared_prefix_cache(encoded, [])
+    assert cache is not None and shared >= 20  # the fast path really runs: the system prompt is shared
+    fast, full = _fast_and_full(lm, "generate", system_prompts, max_new_tokens=16, batch_size=3)
+    assert fast == full
+    assert all(fast) and len(set(fast)) == len(fast)
+    # Stop strings (transformers matches them on trailing ids, prompt included): cut the same way.
+    uncut = fast
+    stop = [uncut[2].split()[1], "\n\n"]
+    fast, full = _fast_and_full(lm, "generate", system_prompts, max_new_tokens=16, batch_size=4, stop=stop)
+    assert fast == full
+    assert fast[2] != uncut[2] and stop[0] not in fast[2]  # the stop string did cut
+
+
+def test_shared_prefix_leaves_each_row_its_own_tail(base_model: LoadedModel, system_prompts: list[str]):
+    encoded = [base_model._encode(p) for p in system_prompts]
+    shortest = min(len(e) for e in encoded)
+    plain, _ = base_model._shared_prefix_cache(encoded, [])
+    with_stop, _ = base_model._shared_prefix_cache(encoded, ["a long stop string, 32 characters"])
+    assert plain <= shortest - 1 and with_stop <= shortest - 33
+    assert base_model._shared_prefix_cache(encoded[:1] + [base_model._encode("hi")], []) == (0, None)  # no shared prefix
+    with _reuse_kv(base_model, False):
+        assert base_model._shared_prefix_cache(encoded, []) == (0, None)
+
+
+def test_kv_reuse_is_on_by_default_only_in_float32(varied_base: Path, base_model: LoadedModel):
+    assert base_model.reuse_kv is True
+    assert load_model(ModelSpec(base_path=str(varied_base), device="cpu", dtype="bfloat16")).reuse_kv is False
+
+
+def _pairs(items):
+    return [c for c, opts in items for _ in opts], [o for _, opts in items for o in opts]
+
+
+def _choices(items, lls):
+    picks, k = [], 0
+    for _, opts in items:
+        picks.append(max(range(len(opts)), key=lambda j: lls[k + j][0]))
+        k += len(opts)
+    return picks
+
+
+@pytest.mark.parametrize("which", ["base", "tuned"])
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_loglikelihood_from_the_context_cache_equals_the_full_path(
+    which: str, batch_size: int, base_model: LoadedModel, tuned_model: LoadedModel
+):
+    lm = base_model if which == "base" else tuned_model
+    contexts, conts = _pairs(MC_ITEMS)
+    calls: list[int] = []
+    with _reuse_kv(lm, True):
+        fast = lm.loglikelihood(contexts, conts, batch_size=batch_size, progress=calls.append)
+    with _reuse_kv(lm, False):
+        full = lm.loglikelihood(contexts, conts, batch_size=batch_size)
+    assert [n for _, n in fast] == [n for _, n in full]
+    assert max(abs(a - b) for (a, _), (b, _) in zip(fast, full)) < 1e-4
+    assert _choices(MC_ITEMS, fast) == _choices(MC_ITEMS, full)
+    assert calls[-1] == len(contexts) and calls == sorted(calls)
+    assert fast[conts.index("")] == (0.0, 0)
+
+
+def test_kv_reuse_falls_back_where_the_cache_cannot_serve(base_model: LoadedModel, system_prompts: list[str],
+                                                         monkeypatch):
+    from ftpipe.evaluation import generation
+
+    contexts, conts = _pairs(MC_ITEMS)
+    with _reuse_kv(base_model, False):
+        full = base_model.loglikelihood(contexts, conts, batch_size=4)
+    # Contexts that need left truncation go the full path (here all but the short ones)...
+    monkeypatch.setattr(base_model, "max_length", 12)
+    with _reuse_kv(base_model, False):
+        truncated_full = base_model.loglikelihood(contexts, conts, batch_size=4)
+    truncated_fast = base_model.loglikelihood(contexts, conts, batch_size=4)
+    assert max(abs(a - b) for (a, _), (b, _) in zip(truncated_fast, truncated_full)) < 1e-4
+    monkeypatch.undo()
+    # ... and so does everything when the model's cache is not a plain DynamicCache.
+    monkeypatch.setattr(generation, "_plain_kv_cache", lambda cache: False)
+    assert base_model.loglikelihood(contexts, conts, batch_size=4) == full
+    assert base_model._shared_prefix_cache([base_model._encode(p) for p in system_prompts], []) == (0, None)
 
 
 # --------------------------------------------------------------------------- text NLL
