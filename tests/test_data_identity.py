@@ -226,6 +226,17 @@ def test_object_where_text_is_expected(tmp_path, tokenizer):
         prepare(ticket_spec(tmp_path, str(src)), tokenizer)
 
 
+def test_a_list_the_template_indexes_or_filters_is_not_refused(tmp_path, tokenizer):
+    """Only values printed bare must be text: `{{ tags[0] }}` and `{{ tags | join }}` use a list on purpose (mbpp)."""
+    rows = ticket_rows(0, 30)
+    for r in rows:
+        r["tags"] = ["urgent", "web"]
+    src = write_jsonl(tmp_path / "t.jsonl", rows)
+    prepared = prepare(ticket_spec(tmp_path, str(src), prompt="Route: {{ message }} [{{ tags[0] }}; {{ tags | join(',') }}]"),
+                       tokenizer)
+    assert "[urgent; urgent,web]" in prepared.train_rows[0]["prompt"]
+
+
 def mc_spec(tmp_path: Path, src: Path) -> Path:
     path = tmp_path / "mc.yaml"
     path.write_text(f"""\

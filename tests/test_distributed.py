@@ -226,6 +226,8 @@ def test_two_processes_make_the_same_run_as_one(tiny_llama_dir, tmp_path, capsys
     assert single.manifest.status == multi.manifest.status == "succeeded"
     assert _run_files(multi.run_dir) - _run_files(single.run_dir) == {"distributed.json"}
     assert _run_files(single.run_dir) <= _run_files(multi.run_dir)
+    counts = [json.loads((r.run_dir / "parameters.json").read_text()) for r in (single, multi)]
+    assert counts[0] == counts[1]  # counted from the saved adapter, the same as from the trained model
     assert (multi.run_dir / "adapter" / "adapter_model.safetensors").exists()
     assert single.report.keys() == multi.report.keys()
     assert [t["task"] for t in single.report["tasks"]] == [t["task"] for t in multi.report["tasks"]]

@@ -90,6 +90,7 @@ def _wait_for(predicate, timeout: float) -> bool:
     return False
 
 
+@pytest.mark.slow  # the fault matrix's train:step case (tests/test_faults.py) checks the same in the default run
 def test_sigkill_mid_training_then_rerun_resumes_and_finishes(tmp_path, tiny_llama_dir, isolated_history):
     """Kill a run after its first Ludwig checkpoint; the rerun resumes that run folder and succeeds."""
     args = ["run", str(TINY), "--runs-dir", str(tmp_path), "--no-eval",

@@ -106,7 +106,10 @@ def test_reference_solutions_pass_in_the_sandbox(tmp_path, tokenizer):
 
     for name in ("mbpp", "humaneval"):
         spec = tmp_path / f"{name}.yaml"
-        spec.write_text(f"name: {name}\nbase_model: tiny-llama\nevaluation:\n  max_items: 8\ntasks:\n  - name: {name}{CASES[name]}")
+        # HumanEval/56 and /61 differ only in their bracket characters, which leakage's normalisation drops:
+        # a near-duplicate pair by design of the check, so dropped here rather than failed on.
+        spec.write_text(f"name: {name}\nbase_model: tiny-llama\nevaluation:\n  max_items: 8\n"
+                        f"data:\n  leakage:\n    action: drop\ntasks:\n  - name: {name}{CASES[name]}")
         task = prepare_data(load_spec(spec), tokenizer, 8192).tasks[name]
         programs = [extract_code("```python\n" + i.reference + "\n```") + "\n\n" + i.tests for i in task.eval_items]
         results = run_many(programs, timeout_s=20)

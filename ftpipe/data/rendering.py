@@ -8,7 +8,7 @@ from typing import Any
 
 from ftpipe.data import conversations as conv
 from ftpipe.data.items import EvalItem
-from ftpipe.data.templates import ChatWrapper, chat_prompt, render, task_fields, template_variables
+from ftpipe.data.templates import ChatWrapper, bare_placeholders, chat_prompt, render, task_fields, template_variables
 from ftpipe.errors import DataError
 from ftpipe.spec import TaskSpec
 
@@ -67,7 +67,8 @@ class Renderer:
         if missing:
             return "empty", f"field '{missing}' is missing or empty"
         list_fields = ({t.choices} if isinstance(t.choices, str) else set()) | ({t.answer} if t.kind == "contains" and t.answer else set())
-        texts = set().union(*(template_variables(x) for x in (t.prompt, t.target, t.tests, t.chosen, t.rejected) if x))
+        # Only a value printed bare is "text expected"; `{{ tests | join }}` or `{{ tests[0] }}` use lists on purpose.
+        texts = set().union(*(bare_placeholders(x) for x in (t.prompt, t.target, t.tests, t.chosen, t.rejected) if x))
         for name in sorted(texts - list_fields):
             if isinstance(row.get(name), (dict, list)):
                 kind = "an object" if isinstance(row[name], dict) else "a list"

@@ -47,6 +47,12 @@ _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
 @lru_cache(maxsize=256)
+def bare_placeholders(template: str) -> frozenset[str]:
+    """Names a template prints as they are (`{{ name }}`, no filter or index): these must hold text or a number."""
+    return frozenset(_PLACEHOLDER.findall(template))
+
+
+@lru_cache(maxsize=256)
 def _substitution(template: str):
     """For templates that are text and bare `{{ name }}` placeholders only: a renderer that skips Jinja.
 

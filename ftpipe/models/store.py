@@ -373,7 +373,13 @@ def pull(name: str, from_path: Path | None = None, progress: Progress | None = N
         if _is_stored(final) and not missing_parts(final):  # another process finished it while we waited
             return final.resolve()
         root = models_dir()
-        if final.exists() or final.is_symlink():  # a damaged entry (files deleted, a killed copy): rebuild it
+        if (final.exists() or final.is_symlink()) and not _read_record(final):
+            # Not ours (no record): someone's own folder under this name. Never delete it.
+            raise FtpipeError(
+                f"{final} exists but is not a complete store model (no {RECORD_FILE})",
+                hint=f"move it away, or run: ftpipe models rm {name}",
+            )
+        if final.exists() or final.is_symlink():  # our entry, damaged (files deleted): rebuild it
             say(f"rebuilding {name}: the stored folder is incomplete ({', '.join(missing_parts(final))})")
             broken = root / f".broken-{name}-{os.getpid()}"
             os.replace(final, broken)

@@ -11,6 +11,7 @@ default LoRA (r 8, PEFT's default modules) would train on the same base, for com
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,9 +87,9 @@ def train(config: dict, frame, run_dir: Path, spec: PipelineSpec, *, device: str
     if callback is not None and callback.was_interrupted():  # a half-trained model must not be evaluated or promoted
         raise KeyboardInterrupt("training interrupted (Ctrl-C)")
     write_json_atomic(run_dir / "training_statistics.json", stats)
+    reference = lora_reference_parameters(config)
     if model is not None:
-        write_json_atomic(run_dir / PARAMETERS, {**ludwig_compat.trainable_parameters(model),
-                                                 "lora_reference": lora_reference_parameters(config)})
+        write_json_atomic(run_dir / PARAMETERS, {**ludwig_compat.trainable_parameters(model), "lora_reference": reference})
     if head:
         ludwig_compat.export_classification_head(model, run_dir / HEAD, run_dir / "adapter")
         return TrainedModel(folder=run_dir / HEAD, statistics=stats)
@@ -102,7 +103,23 @@ def train(config: dict, frame, run_dir: Path, spec: PipelineSpec, *, device: str
         ludwig_compat.export_full_weights(model, final)
     if not any(final.iterdir()):
         raise TrainError(f"no model weights were saved in {final}")
+    if model is None:  # distributed: the ranks' model is gone; count what they saved
+        write_json_atomic(run_dir / PARAMETERS, {**saved_parameters(final, reference), "lora_reference": reference})
     return TrainedModel(folder=final, statistics=stats)
+
+
+def saved_parameters(folder: Path, reference: dict) -> dict[str, int]:
+    """{"trainable", "total"} from a saved adapter/ (its tensors on top of the base) or weights/ folder (all of them)."""
+    from safetensors import safe_open
+
+    count = 0
+    for path in folder.glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                count += math.prod(f.get_slice(key).get_shape())
+    if folder.name == "adapter":
+        return {"trainable": count, "total": reference["base_total"] + count}
+    return {"trainable": count, "total": count}
 
 
 def preference_separator_id(base_model: str) -> int:
