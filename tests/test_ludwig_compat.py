@@ -237,3 +237,112 @@ def test_check_config_refuses_stock_preference_trainers(tiny_llama_dir, trainer_
     config.pop("adapter")
     with pytest.raises(CompileError, match=f"trainer type {trainer_type} .* falls back to cross-entropy"):
         ludwig_compat.check_config(config)
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 16: speed-ups around Ludwig's training step
+# --------------------------------------------------------------------------------------------
+
+
+def route_frame(n: int = 8, validation: int = 0) -> pd.DataFrame:
+    """Rows of clearly different lengths (so batches are padded), `validation` of them in split 1."""
+    prompts = [f"Route ticket {i}: " + "my card was charged twice " * (1 + (i * 5) % 7) for i in range(n)]
+    return pd.DataFrame({"prompt": prompts, "target": ["billing" if i % 2 else "card issue" for i in range(n)],
+                         "split": [0] * (n - validation) + [1] * validation})
+
+
+def captured_run(tiny_llama_dir, tmp_path, frame, steps: int = 2, *, real_steps: int = 0, lean: bool = False,
+                 config_edit=None, **training):
+    """Ludwig's own training loop on the tiny model; each train_step records its (inputs, targets) and runs only
+    for the first `real_steps` steps. Returns (trainer, batches, epochs: the epoch of each batch)."""
+    from ludwig.callbacks import Callback
+
+    config = compile_spec(tiny_spec(max_steps=steps, evaluate_during_training=False, **training),
+                          CompileContext(base_model=str(tiny_llama_dir), max_prompt_tokens=64, max_target_tokens=4,
+                                         has_validation=False))
+    if config_edit:
+        config_edit(config)
+    state: dict = {"batches": [], "epochs": []}
+
+    class Capture(Callback):
+        def on_trainer_train_setup(self, trainer, save_path, is_coordinator, **kwargs):
+            state["trainer"] = trainer
+            if lean:
+                ludwig_compat.make_lean(trainer)
+            step = trainer.train_step
+
+            def record(inputs, targets, *args, **kw):
+                state["batches"].append(({k: v.clone() for k, v in inputs.items()}, {k: v.clone() for k, v in targets.items()}))
+                if len(state["batches"]) <= real_steps:
+                    return step(inputs, targets, *args, **kw)
+                return torch.tensor(0.0), {}, 0
+
+            trainer.train_step = record
+
+        def on_epoch_start(self, trainer, progress_tracker, save_path):
+            state["epoch"] = progress_tracker.epoch
+
+        def on_batch_start(self, trainer, progress_tracker, save_path):
+            state["epochs"].append(progress_tracker.epoch)
+
+    ludwig_compat.train_model(ludwig_compat.check_config(config) and config, frame, tmp_path, seed=0,
+                              callbacks=[Capture()], save_model=False)
+    return state["trainer"], state["batches"], state["epochs"]
+
+
+def test_upstream_training_step_does_unread_work():
+    """Speed-up 1 (lean steps, shifted labels) patches behaviour that is there while these hold."""
+    assert ludwig_compat.training_step_updates_metrics()
+    assert ludwig_compat.sequence_predictions_take_softmax()
+    assert ludwig_compat.loss_slices_logits()
+
+
+def test_lean_step_has_the_stock_loss_and_gradients(tiny_llama_dir, tmp_path, monkeypatch):
+    """Same weights, same batch, same dropout draws: the lean step (shifted-label loss, no probabilities)
+    gives stock Ludwig's loss and gradients; evaluation forwards keep their probabilities."""
+    from ludwig.modules.loss_modules import NextTokenSoftmaxCrossEntropyLoss as Loss
+
+    trainer, batches, _ = captured_run(tiny_llama_dir, tmp_path, route_frame(), steps=1)
+    inputs, targets = batches[0]
+    trainer.model.train()
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+
+    def step():
+        torch.manual_seed(0)
+        trainer.optimizer.zero_grad()
+        outputs, loss, _ = trainer._forward_pass({k: v.clone() for k, v in inputs.items()},
+                                                 {k: v.clone() for k, v in targets.items()}, True)
+        loss.backward()
+        return outputs, float(loss.detach()), [p.grad.clone() for p in trainable]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Loss, "forward", Loss.forward._ftpipe_original)  # stock loss: slices the logits
+        stock_outputs, stock_loss, stock_grads = step()
+    ludwig_compat.make_lean(trainer)
+    lean_outputs, lean_loss, lean_grads = step()
+    assert lean_loss == pytest.approx(stock_loss, abs=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-7, rtol=1e-5) for a, b in zip(stock_grads, lean_grads))
+    print(f"loss stock {stock_loss:.10f} lean {lean_loss:.10f}")
+    assert "probabilities" in stock_outputs and "probabilities" not in lean_outputs
+    assert torch.equal(stock_outputs["predictions"], lean_outputs["predictions"])
+    trainer.model.eval()
+    with torch.no_grad():
+        assert "probabilities" in trainer.model((dict(inputs), dict(targets)))
+
+
+def test_lean_training_keeps_the_loss_log_and_the_training_curve(tiny_llama_dir, tmp_path):
+    """With the lean step (installed by the progress callback) every step's loss is still reported, and
+    training_statistics.json still has the training loss curve (the mean of the steps' losses)."""
+    import math
+
+    logged: list[dict] = []
+    config = compile_spec(tiny_spec(max_steps=3, batch_size=2),
+                          CompileContext(base_model=str(tiny_llama_dir), max_prompt_tokens=64, max_target_tokens=4))
+    _, stats, _ = ludwig_compat.train_model(ludwig_compat.check_config(config) and config, route_frame(8, validation=2),
+                                            tmp_path, seed=0, callbacks=[ludwig_compat.make_progress_callback(logged.append)],
+                                            save_model=False)
+    losses = [row["loss"] for row in logged]
+    assert [row["step"] for row in logged] == [1, 2, 3] and all(math.isfinite(x) for x in losses)
+    curve = stats["training"]["combined"]["loss"]
+    assert curve and curve[-1] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+    assert math.isfinite(stats["validation"]["combined"]["loss"][-1])

@@ -94,6 +94,7 @@ def apply_patches() -> None:
     _register_prompt_learning_adapters()
     _patch_soft_prompt_forward()
     _patch_llm_encoder()
+    _patch_shifted_label_loss()
     _PATCHED = True
 
 
@@ -177,6 +178,7 @@ def make_progress_callback(on_step: Callable[[dict], None]):
         def on_trainer_train_setup(self, trainer, save_path, is_coordinator, **kwargs):
             self.trainer = trainer
             self.save_path = save_path
+            make_lean(trainer)  # speed-up 1
             original = trainer.train_step
 
             def train_step(*args, **kw):
@@ -466,6 +468,7 @@ def make_rank_callback(on_step: Callable[[dict], None] | None, seen_rows: list[s
 
         def on_trainer_train_setup(self, trainer, save_path, is_coordinator, **kwargs):
             self.save_path, self.is_coordinator = save_path, is_coordinator
+            make_lean(trainer)  # speed-up 1
             original = trainer.train_step
 
             def train_step(inputs, *args, **kw):
@@ -942,3 +945,105 @@ def make_preference_callback(loss: str, beta: float, sep_id: int, record: list |
             trainer.train_step = train_step
 
     return _Preference()
+
+
+# --------------------------------------------------------------------------------------------
+# Speed-up 1 (issue 16): lean training steps. Per step, Ludwig's
+# finetune trainer does work nobody reads: (a) `_update_training_metrics` decodes every row and
+# computes the loss three more times (one a softmax of the softmax), only for training-set metrics
+# in training_statistics.json; (b) LLM.forward's predictions() takes a softmax over the whole
+# vocabulary and keeps it in the graph; (c) NextTokenSoftmaxCrossEntropyLoss slices the logits
+# (`preds[:, :-1, :]`), which copies them and makes the backward allocate a zero-filled full-size
+# gradient. Fixes: (a) keep only the combined training loss, from the loss already computed (ftpipe
+# logs every step's loss itself, training/loss.jsonl); (b) argmax only in training forwards (the
+# target realignment reads the predictions' shape); (c) shift the labels instead, as transformers
+# does: the same (logit, label) pairs and mean, so the same loss.
+# --------------------------------------------------------------------------------------------
+
+
+def loss_slices_logits() -> bool:
+    """True while stock Ludwig's next-token loss slices the logits (speed-up 1c)."""
+    import inspect
+
+    from ludwig.modules.loss_modules import NextTokenSoftmaxCrossEntropyLoss
+
+    forward = NextTokenSoftmaxCrossEntropyLoss.forward
+    return "preds[:, :-1, :]" in inspect.getsource(getattr(forward, "_ftpipe_original", forward))
+
+
+def training_step_updates_metrics() -> bool:
+    """True while stock Trainer.train_step computes training-set metrics after every step (speed-up 1a)."""
+    import inspect
+
+    from ludwig.trainers.trainer import Trainer
+
+    return "self._update_training_metrics(" in inspect.getsource(Trainer.train_step)
+
+
+def sequence_predictions_take_softmax() -> bool:
+    """True while stock text predictions() compute full-vocabulary probabilities (speed-up 1b)."""
+    import inspect
+
+    from ludwig.features.sequence_feature import _SequencePredict
+
+    return "torch.softmax" in inspect.getsource(_SequencePredict.forward)
+
+
+def _patch_shifted_label_loss() -> None:
+    import torch.nn.functional as F
+    from ludwig.modules.loss_modules import NextTokenSoftmaxCrossEntropyLoss
+
+    if hasattr(NextTokenSoftmaxCrossEntropyLoss.forward, "_ftpipe_original"):
+        return
+    original = NextTokenSoftmaxCrossEntropyLoss.forward
+
+    def forward(self, preds, target):
+        # the label of position i is target[i + 1]; the last position has none (-100 is ignored)
+        labels = F.pad(target.long()[:, 1:], (0, 1), value=IGNORE_INDEX)
+        return self.loss_fn(preds.reshape(-1, preds.shape[-1]), labels.reshape(-1))
+
+    forward._ftpipe_original = original
+    NextTokenSoftmaxCrossEntropyLoss.forward = forward
+
+
+def make_lean(trainer) -> None:
+    """Speed-up 1a and 1b on one trainer (from a callback's on_trainer_train_setup; idempotent)."""
+    import torch
+    from ludwig.features.sequence_feature import _SequencePredict
+    from ludwig.utils import output_feature_utils
+
+    if getattr(trainer, "_ftpipe_lean", False):
+        return
+    trainer._ftpipe_lean = True
+    original_forward_pass = trainer._forward_pass
+    last_loss: list[float] = []
+
+    def forward_pass(inputs, targets, should_step, *args, **kwargs):
+        outputs, loss, all_losses = original_forward_pass(inputs, targets, should_step, *args, **kwargs)
+        last_loss[:] = [float(loss.detach()) * trainer.gradient_accumulation_steps]  # undo the trainer's division
+        return outputs, loss, all_losses
+
+    def update_training_metrics(model_outputs, targets):
+        # Only the combined loss (the training curve of training_statistics.json, read by the fit
+        # diagnosis): Ludwig reports it as loss + additional losses, both already in the train loss.
+        if not trainer.evaluate_training_set and last_loss:
+            trainer.model.eval_loss_metric.update(last_loss[0])
+            trainer.model.eval_additional_losses_metrics.update(0.0)
+
+    trainer._forward_pass = forward_pass
+    trainer._update_training_metrics = update_training_metrics
+    model = trainer.model
+    for feature in model.output_features.values():
+        predict = feature.prediction_module
+        if not isinstance(predict, _SequencePredict) or getattr(predict, "_ftpipe_lean", False):
+            continue
+        original_predict = predict.forward
+
+        def lean_predict(inputs, feature_name, _predict=predict, _original=original_predict):
+            if not (model.training and torch.is_grad_enabled()):
+                return _original(inputs, feature_name)  # evaluation keeps its probabilities
+            logits = output_feature_utils.get_output_feature_tensor(inputs, feature_name, _predict.logits_key)
+            return {_predict.predictions_key: torch.argmax(logits.detach(), -1), _predict.logits_key: logits}
+
+        predict.forward = lean_predict
+        predict._ftpipe_lean = True
