@@ -244,6 +244,9 @@ def test_check_config_refuses_stock_preference_trainers(tiny_llama_dir, trainer_
 # --------------------------------------------------------------------------------------------
 
 
+STOCK = ludwig_compat.StepOptions(lean=False, group_by_length=False)  # Ludwig as it comes
+
+
 def route_frame(n: int = 8, validation: int = 0) -> pd.DataFrame:
     """Rows of clearly different lengths (so batches are padded), `validation` of them in split 1."""
     prompts = [f"Route ticket {i}: " + "my card was charged twice " * (1 + (i * 5) % 7) for i in range(n)]
@@ -251,8 +254,8 @@ def route_frame(n: int = 8, validation: int = 0) -> pd.DataFrame:
                          "split": [0] * (n - validation) + [1] * validation})
 
 
-def captured_run(tiny_llama_dir, tmp_path, frame, steps: int = 2, *, real_steps: int = 0, lean: bool = False,
-                 config_edit=None, **training):
+def captured_run(tiny_llama_dir, tmp_path, frame, steps: int = 2, *, real_steps: int = 0, config_edit=None,
+                 options=STOCK, **training):
     """Ludwig's own training loop on the tiny model; each train_step records its (inputs, targets) and runs only
     for the first `real_steps` steps. Returns (trainer, batches, epochs: the epoch of each batch)."""
     from ludwig.callbacks import Callback
@@ -267,8 +270,6 @@ def captured_run(tiny_llama_dir, tmp_path, frame, steps: int = 2, *, real_steps:
     class Capture(Callback):
         def on_trainer_train_setup(self, trainer, save_path, is_coordinator, **kwargs):
             state["trainer"] = trainer
-            if lean:
-                ludwig_compat.make_lean(trainer)
             step = trainer.train_step
 
             def record(inputs, targets, *args, **kw):
@@ -279,14 +280,11 @@ def captured_run(tiny_llama_dir, tmp_path, frame, steps: int = 2, *, real_steps:
 
             trainer.train_step = record
 
-        def on_epoch_start(self, trainer, progress_tracker, save_path):
-            state["epoch"] = progress_tracker.epoch
-
         def on_batch_start(self, trainer, progress_tracker, save_path):
             state["epochs"].append(progress_tracker.epoch)
 
     ludwig_compat.train_model(ludwig_compat.check_config(config) and config, frame, tmp_path, seed=0,
-                              callbacks=[Capture()], save_model=False)
+                              callbacks=[Capture()], save_model=False, options=options)
     return state["trainer"], state["batches"], state["epochs"]
 
 
@@ -302,7 +300,7 @@ def test_lean_step_has_the_stock_loss_and_gradients(tiny_llama_dir, tmp_path, mo
     gives stock Ludwig's loss and gradients; evaluation forwards keep their probabilities."""
     from ludwig.modules.loss_modules import NextTokenSoftmaxCrossEntropyLoss as Loss
 
-    trainer, batches, _ = captured_run(tiny_llama_dir, tmp_path, route_frame(), steps=1)
+    trainer, batches, _ = captured_run(tiny_llama_dir, tmp_path, route_frame(), steps=1)  # stock trainer
     inputs, targets = batches[0]
     trainer.model.train()
     trainable = [p for p in trainer.model.parameters() if p.requires_grad]
@@ -346,3 +344,41 @@ def test_lean_training_keeps_the_loss_log_and_the_training_curve(tiny_llama_dir,
     curve = stats["training"]["combined"]["loss"]
     assert curve and curve[-1] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
     assert math.isfinite(stats["validation"]["combined"]["loss"][-1])
+
+
+def test_upstream_batcher_has_no_length_grouping():
+    """Speed-up 2 (length-grouped batches) replaces Ludwig's sampler while this holds."""
+    assert ludwig_compat.batcher_has_no_length_grouping()
+
+
+def real_token_share(batches) -> float:
+    """Real tokens / tokens the model runs, with each batch padded to its longest prompt + target + EOS."""
+    real = run = 0
+    for inputs, targets in batches:
+        lengths = (inputs["prompt"] != 0).sum(-1) + (targets["target"] != 0).sum(-1) + 1
+        real, run = real + int(lengths.sum()), run + int(lengths.max()) * len(lengths)
+    return real / run
+
+
+def epoch_rows(batches, epochs, epoch: int) -> list[bytes]:
+    return [row[row != 0].numpy().tobytes() for (inputs, _), e in zip(batches, epochs) if e == epoch
+            for row in inputs["prompt"]]
+
+
+@pytest.mark.parametrize("group_batches", [None, 3], ids=["whole-epoch", "groups-of-3"])
+def test_length_grouped_batches_inside_ludwig(tiny_llama_dir, tmp_path, group_batches):
+    """Ludwig's own loop, 2 epochs of 24 rows: grouped batches pad less than Ludwig's, hold every row
+    exactly once per epoch and are drawn afresh each epoch."""
+    frame = route_frame(24)
+    run = dict(steps=12, batch_size=4, epochs=2)
+    _, stock, stock_epochs = captured_run(tiny_llama_dir, tmp_path / "stock", frame, **run)
+    _, grouped, epochs = captured_run(tiny_llama_dir, tmp_path / "grouped", frame, **run, options=ludwig_compat.StepOptions(
+        lean=False, group_by_length=True, group_batches=group_batches))
+    assert len(grouped) == len(stock) == 12 and epochs == stock_epochs == [0] * 6 + [1] * 6
+    print(f"real-token share: stock {real_token_share(stock):.3f}, grouped {real_token_share(grouped):.3f}")
+    assert real_token_share(grouped) > real_token_share(stock) + 0.05
+    every_row = sorted(epoch_rows(stock, stock_epochs, 0))
+    assert len(every_row) == len(set(every_row)) == 24
+    for epoch in (0, 1):
+        assert sorted(epoch_rows(grouped, epochs, epoch)) == every_row  # each row exactly once
+    assert epoch_rows(grouped, epochs, 0) != epoch_rows(grouped, epochs, 1)  # re-drawn every epoch

@@ -401,6 +401,13 @@ class TrainingSpec(Section):
     checkpoints_per_epoch: int = Field(1, ge=1, le=100, description="Checkpoints (and validation passes) per epoch.")
     evaluate_during_training: bool = Field(True, description="Validation loss at each checkpoint (off: faster, no best-checkpoint choice).")
     seed: int = Field(42)
+    group_by_length: bool = Field(
+        True, description="Batch rows of similar token length, so batches carry less padding (faster steps): each epoch "
+                          "the shuffled rows are sorted by length within groups of `length_group_batches` batches and "
+                          "the batches are shuffled. Off: Ludwig's random batches.")
+    length_group_batches: int | None = Field(
+        8, ge=1, le=1_000_000, description="Batches per length-sorted group: smaller mixes lengths (and tasks) within a "
+                                           "batch more, larger pads less. Unset: the whole epoch is one group.")
     precision: Literal["auto", "fp32", "fp16"] = Field(
         "auto", description="auto: fp16 mixed precision on CUDA, fp32 on CPU. Ludwig 0.17 has no bf16 training option."
     )

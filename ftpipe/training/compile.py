@@ -110,6 +110,12 @@ def _trainer(spec: PipelineSpec, ctx: CompileContext) -> dict[str, Any]:
     return trainer
 
 
+def step_options(spec: PipelineSpec) -> dict[str, Any]:
+    """ftpipe's own training options, applied around Ludwig (ludwig_compat.StepOptions), not in its config."""
+    t = spec.training
+    return {"group_by_length": t.group_by_length, "group_batches": t.length_group_batches}
+
+
 def _ludwig_max_new_tokens(spec: PipelineSpec, ctx: CompileContext) -> int:
     """Generation length for Ludwig's own predict (ftpipe's evaluator generates by itself).
 

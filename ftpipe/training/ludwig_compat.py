@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -95,6 +96,7 @@ def apply_patches() -> None:
     _patch_soft_prompt_forward()
     _patch_llm_encoder()
     _patch_shifted_label_loss()
+    _patch_length_grouping()
     _PATCHED = True
 
 
@@ -178,7 +180,6 @@ def make_progress_callback(on_step: Callable[[dict], None]):
         def on_trainer_train_setup(self, trainer, save_path, is_coordinator, **kwargs):
             self.trainer = trainer
             self.save_path = save_path
-            make_lean(trainer)  # speed-up 1
             original = trainer.train_step
 
             def train_step(*args, **kw):
@@ -203,7 +204,8 @@ def make_progress_callback(on_step: Callable[[dict], None]):
 
 
 def train_model(config: dict[str, Any], frame, output_dir: Path, *, seed: int, resume: bool = False,
-                callbacks: list | None = None, quantized: bool = False, backend=None, save_model: bool = True):
+                callbacks: list | None = None, quantized: bool = False, backend=None, save_model: bool = True,
+                options: StepOptions | None = None):
     """Train with LudwigModel and save the final model under `output_dir/model`.
 
     Args:
@@ -219,15 +221,25 @@ def train_model(config: dict[str, Any], frame, output_dir: Path, *, seed: int, r
             then only the coordinator (rank 0) saves. None: the config's local backend.
         save_model: Save the model under `output_dir/model` (a classification head is exported from
             memory instead: a frozen body would be saved whole, 538 MB for SmolLM2).
+        options: ftpipe's own step options (issue 16); None: the defaults.
 
     Returns:
         (LudwigModel, training statistics from training_statistics.json, path of the saved model folder).
     """
+    global _ACTIVE
     import_ludwig()
     from ludwig.api import LudwigModel
+    from ludwig.callbacks import Callback
+
+    options = options or StepOptions()
+
+    class _Steps(Callback):  # first, so the other callbacks' train_step wrappers see the lean step
+        def on_trainer_train_setup(self, trainer, save_path, is_coordinator, **kwargs):
+            if options.lean:
+                make_lean(trainer)
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    model = LudwigModel(config, logging_level=logging.ERROR, callbacks=callbacks, backend=backend)
+    model = LudwigModel(config, logging_level=logging.ERROR, callbacks=[_Steps(), *(callbacks or [])], backend=backend)
     experiment = experiment_folder(output_dir)
     resume_path = str(experiment) if resume and checkpoint_state(output_dir)[0] == "complete" else None
     if resume_path is None and (output_dir / LUDWIG_OUTPUT).exists() and (backend is None or backend.is_coordinator()):
@@ -236,6 +248,7 @@ def train_model(config: dict[str, Any], frame, output_dir: Path, *, seed: int, r
         import shutil
 
         shutil.rmtree(output_dir / LUDWIG_OUTPUT)
+    previous, _ACTIVE = _ACTIVE, options  # read by the batcher patch (speed-up 2) while this training runs
     try:
         result = model.train(
             dataset=frame,
@@ -252,6 +265,8 @@ def train_model(config: dict[str, Any], frame, output_dir: Path, *, seed: int, r
     except Exception as e:
         raise TrainError(f"Ludwig training failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}",
                          hint="rerun with --debug for the traceback") from e
+    finally:
+        _ACTIVE = previous
     saved = output_dir / "model"
     if save_model and (backend is None or backend.is_coordinator()):  # distributed: only rank 0 writes (issue 9)
         model.save(str(saved))
@@ -468,7 +483,6 @@ def make_rank_callback(on_step: Callable[[dict], None] | None, seen_rows: list[s
 
         def on_trainer_train_setup(self, trainer, save_path, is_coordinator, **kwargs):
             self.save_path, self.is_coordinator = save_path, is_coordinator
-            make_lean(trainer)  # speed-up 1
             original = trainer.train_step
 
             def train_step(inputs, *args, **kw):
@@ -1047,3 +1061,120 @@ def make_lean(trainer) -> None:
 
         predict.forward = lean_predict
         predict._ftpipe_lean = True
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """ftpipe's own training options (not Ludwig config keys) that train_model applies around Ludwig.
+
+    lean: the lean step (speed-up 1; off only to compare with stock Ludwig). group_by_length: length-grouped
+    batches (speed-up 2); group_batches: batches per sorted group (None: the whole epoch). bf16: bf16 autocast
+    of the training forward (speed-up 4).
+    """
+
+    lean: bool = True
+    group_by_length: bool = True
+    group_batches: int | None = 8
+    bf16: bool = False
+
+
+# --------------------------------------------------------------------------------------------
+# Speed-up 2 (issue 16): length-grouped batches. Ludwig cuts training batches from a random
+# permutation of the rows (data/sampler.py DistributedSampler, np.random.RandomState(seed + epoch)),
+# so a batch pads to its longest row: ~10% of the tokens are padding on the demo data. Callbacks
+# never see the batcher, so PandasDataset.initialize_batcher is wrapped: while train_model runs with
+# group_by_length, a shuffled (= training) batcher gets a sampler that draws Ludwig's own permutation,
+# sorts it by token length within groups of `group_batches` batches, and shuffles the batch order;
+# every epoch re-draws (the trainer calls set_epoch). Evaluation batchers are not shuffled: untouched.
+# --------------------------------------------------------------------------------------------
+
+_ACTIVE = StepOptions(group_by_length=False)  # what the running train_model asked for
+
+
+def batcher_has_no_length_grouping() -> bool:
+    """True while stock PandasDataset.initialize_batcher builds a plain DistributedSampler (speed-up 2)."""
+    import inspect
+
+    from ludwig.data.dataset.pandas import PandasDataset
+
+    batcher = PandasDataset.initialize_batcher
+    source = inspect.getsource(getattr(batcher, "_ftpipe_original", batcher))
+    return "DistributedSampler(" in source and "length" not in source.replace("len(self)", "").lower()
+
+
+def row_token_counts(dataset) -> "np.ndarray":
+    """Tokens of each row: non-zero ids summed over the dataset's token-id columns (pad id 0 never occurs in text)."""
+    import numpy as np
+
+    total = np.zeros(len(dataset), dtype=np.int64)
+    for name in dataset.features:
+        column = dataset.dataset.get(name)
+        if column is None:
+            continue
+        ids = np.asarray(column.tolist() if column.dtype == object else column)
+        if ids.ndim == 2 and np.issubdtype(ids.dtype, np.integer):
+            total += np.count_nonzero(ids, axis=1)
+    return total
+
+
+class LengthGroupedSampler:
+    """Ludwig's DistributedSampler interface (iter, len, set_epoch), yielding length-grouped batches."""
+
+    def __init__(self, lengths, batcher, stock, group_batches: int | None):
+        import numpy as np
+
+        self.lengths, self.batcher, self.group_batches = np.asarray(lengths), batcher, group_batches
+        self.random_seed, self.num_replicas, self.rank = stock.random_seed, stock.num_replicas, stock.rank
+        self.num_samples, self.total_size, self.epoch = stock.num_samples, stock.total_size, stock.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def order(self) -> list[int]:
+        import numpy as np
+
+        rng = np.random.RandomState(self.random_seed + self.epoch)  # Ludwig's own draw for this epoch
+        perm = rng.permutation(len(self.lengths))
+        perm = np.concatenate([perm, perm[: self.total_size - len(perm)]])  # padded to split evenly, as Ludwig does
+        step = self.batcher.batch_size * self.num_replicas  # read now: Ludwig may change the batch size per epoch
+        size = step * self.group_batches if self.group_batches else len(perm)
+        batches = []
+        for start in range(0, len(perm), size):
+            group = perm[start:start + size]
+            group = group[np.argsort(-self.lengths[group], kind="stable")]  # equal lengths keep the random order
+            batches += [group[i:i + step] for i in range(0, len(group), step)]
+        rng.shuffle(batches)
+        # The batcher takes batch_size ids at a time from the flat list: a short batch in the middle would
+        # shift every later batch across group boundaries, so short ones go last.
+        batches = [b for b in batches if len(b) == step] + [b for b in batches if len(b) != step]
+        return [int(i) for b in batches for i in b]
+
+    def __iter__(self):
+        return iter(self.order()[self.rank:self.total_size:self.num_replicas])  # rank r's share, as Ludwig's
+
+
+def _patch_length_grouping() -> None:
+    import contextlib
+
+    from ludwig.data.dataset.pandas import PandasDataset
+
+    if hasattr(PandasDataset.initialize_batcher, "_ftpipe_original"):
+        return
+    original = PandasDataset.initialize_batcher
+
+    @contextlib.contextmanager
+    def initialize_batcher(self, *args, **kwargs):
+        with original(self, *args, **kwargs) as batcher:
+            shuffled = kwargs.get("should_shuffle", args[1] if len(args) > 1 else True)
+            # prefetching batchers (lazy image/audio columns) read the sampler in a thread: left alone
+            if _ACTIVE.group_by_length and shuffled and getattr(batcher, "_prefetch_size", 0) == 0:
+                batcher.sampler = LengthGroupedSampler(row_token_counts(self), batcher, batcher.sampler,
+                                                       _ACTIVE.group_batches)
+                batcher.sample_it = iter(batcher.sampler)
+            yield batcher
+
+    initialize_batcher._ftpipe_original = original
+    PandasDataset.initialize_batcher = initialize_batcher
