@@ -382,3 +382,60 @@ def test_length_grouped_batches_inside_ludwig(tiny_llama_dir, tmp_path, group_ba
     for epoch in (0, 1):
         assert sorted(epoch_rows(grouped, epochs, epoch)) == every_row  # each row exactly once
     assert epoch_rows(grouped, epochs, 0) != epoch_rows(grouped, epochs, 1)  # re-drawn every epoch
+
+
+def test_upstream_finetune_trainer_cannot_pack():
+    """Speed-up 3 (packing fields registered, ftpipe's packed forward) is needed while these hold."""
+    assert ludwig_compat.finetune_trainer_drops_packing()
+    assert ludwig_compat.llm_packing_passes_3d_mask()
+
+
+def test_packing_config_kept_by_ludwig(tiny_llama_dir):
+    config = compile_spec(tiny_spec(packing=True, packing_max_tokens=512),
+                          CompileContext(base_model=str(tiny_llama_dir), max_prompt_tokens=32, max_target_tokens=4))
+    resolved = ludwig_compat.check_config(config)  # raises if Ludwig dropped a key
+    assert resolved["trainer"]["packing"] is True and resolved["trainer"]["packing_max_tokens"] == 512
+
+
+def test_packed_step_has_the_unpacked_loss_and_rows_stay_apart(tiny_llama_dir, tmp_path):
+    """8 rows in one batch (one real packed training step first): packed into fewer sequences, the loss is the
+    unpacked (padded) batch's, and changing row 0 changes no logit outside row 0's own block."""
+    def no_dropout(config):
+        config["adapter"]["dropout"] = 0.0
+
+    trainer, batches, _ = captured_run(tiny_llama_dir, tmp_path, route_frame(8), steps=1, real_steps=1, batch_size=8,
+                                       packing=True, packing_max_tokens=1024, config_edit=no_dropout)
+    inputs, targets = batches[0]
+    llm, settings = trainer.model, trainer.model.config_obj.trainer
+    assert settings.packing and settings.packing_max_tokens == 1024
+    llm.train()
+
+    def loss(packing: bool) -> float:
+        settings.packing = packing
+        with torch.no_grad():
+            return float(trainer._forward_pass({k: v.clone() for k, v in inputs.items()},
+                                               {k: v.clone() for k, v in targets.items()}, True)[1])
+
+    packed = loss(True)
+    assert len(llm.model_inputs) < len(inputs["prompt"]), "rows must share packs"
+    unpacked = loss(False)
+    assert len(llm.model_inputs) == len(inputs["prompt"])
+    print(f"loss packed {packed:.8f} unpacked {unpacked:.8f} |diff| {abs(packed - unpacked):.2e}")
+    assert packed == pytest.approx(unpacked, abs=1e-3)
+
+    settings.packing = True
+    ids, positions, _ = ludwig_compat.pack_rows(inputs["prompt"], targets["target"], llm.tokenizer.eos_token_id, 1024, 8)
+    changed = {k: v.clone() for k, v in inputs.items()}
+    first = int((changed["prompt"][0] != 0).nonzero()[0])
+    changed["prompt"][0, first + 3] = 1000 if changed["prompt"][0, first + 3] != 1000 else 1001  # same length
+    with torch.no_grad():
+        before = llm((dict(inputs), {k: v.clone() for k, v in targets.items()}))["logits"]
+        after = llm((changed, {k: v.clone() for k, v in targets.items()}))["logits"]
+    moved = (before - after).abs().amax(-1) > 0  # [packs, W]
+    new_ids = ludwig_compat.pack_rows(changed["prompt"], targets["target"], llm.tokenizer.eos_token_id, 1024, 8)[0]
+    pack, at = (new_ids != ids).nonzero()[0].tolist()
+    start = at - int(positions[pack, at])  # row 0's block: from its position 0 to the next restart
+    end = start + 1 + next((j for j, p in enumerate(positions[pack, start + 1:].tolist()) if p == 0), ids.shape[1])
+    inside = torch.zeros_like(moved)
+    inside[pack, start:end] = True
+    assert moved[inside].any() and not moved[~inside].any(), "a row saw another row's tokens"

@@ -408,6 +408,14 @@ class TrainingSpec(Section):
     length_group_batches: int | None = Field(
         8, ge=1, le=1_000_000, description="Batches per length-sorted group: smaller mixes lengths (and tasks) within a "
                                            "batch more, larger pads less. Unset: the whole epoch is one group.")
+    packing: bool = Field(
+        False, description="Pack several rows into each training sequence (positions restart per row and no row sees "
+                           "another), so no padding is computed. Pays with a variable-length attention kernel (GPU) and "
+                           "on rows of very different lengths; on CPU attention over a pack is dense, and length "
+                           "grouping is faster.")
+    packing_max_tokens: int | None = Field(
+        None, ge=16, le=1_048_576, description="Tokens per pack at most (with packing). Unset: the longest prompt + "
+                                               "target, so only rows shorter than half of it share a pack.")
     precision: Literal["auto", "fp32", "fp16"] = Field(
         "auto", description="auto: fp16 mixed precision on CUDA, fp32 on CPU. Ludwig 0.17 has no bf16 training option."
     )
@@ -672,6 +680,21 @@ class PipelineSpec(Section):
                             "verified with distributed training")
         if problems:
             raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _packing_fits(self) -> PipelineSpec:
+        """Packing (issue 16) concatenates plain prompt + target rows: not a head, a preference pair or a soft prompt."""
+        t, problems = self.training, []
+        if t.packing_max_tokens is not None and not t.packing:
+            problems.append("packing_max_tokens applies with packing: true only")
+        if t.packing and self.method in ("classification_head", "preference"):
+            problems.append(f"method {self.method} cannot pack rows; set packing: false")
+        if t.packing and self.adapter.type in ("prompt_tuning", "prefix_tuning"):
+            problems.append(f"adapter {self.adapter.type} prepends virtual tokens to each sequence, so rows cannot be "
+                            "packed; set packing: false")
+        if problems:
+            raise ValueError("training: " + "; ".join(problems))
         return self
 
     @model_validator(mode="after")

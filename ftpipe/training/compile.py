@@ -103,6 +103,10 @@ def _trainer(spec: PipelineSpec, ctx: CompileContext) -> dict[str, Any]:
     }
     if t.max_steps is not None:
         trainer["train_steps"] = t.max_steps
+    if t.packing:  # fields ludwig_compat registers on the finetune trainer (speed-up 3)
+        trainer["packing"] = True
+        if t.packing_max_tokens is not None:
+            trainer["packing_max_tokens"] = t.packing_max_tokens
     if spec.method == "preference":
         # Ludwig's validation pass would score cross-entropy on the packed `chosen SEP rejected` target:
         # meaningless for a preference model, which ftpipe's evaluator judges on held-out pairs instead.

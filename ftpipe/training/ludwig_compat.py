@@ -97,6 +97,8 @@ def apply_patches() -> None:
     _patch_llm_encoder()
     _patch_shifted_label_loss()
     _patch_length_grouping()
+    _register_packing_fields()
+    _patch_packed_forward()
     _PATCHED = True
 
 
@@ -1178,3 +1180,128 @@ def _patch_length_grouping() -> None:
 
     initialize_batcher._ftpipe_original = original
     PandasDataset.initialize_batcher = initialize_batcher
+
+
+# --------------------------------------------------------------------------------------------
+# Speed-up 3 (issue 16): packing (`training.packing`). Upstream: `trainer.packing` exists only on
+# LLMTrainerConfig (schema/trainer.py:673-686); FineTuneTrainerConfig subclasses ECD's trainer
+# config, so a finetune config drops the key ("will be ignored"). Its packed path could not be used
+# anyway: it hands transformers a 3-D mask (5.x's sdpa_mask fails to expand it), packs only up to
+# global_max_sequence_length, keeps positions running across rows, and realigns targets row by row
+# against packs (utils/llm_utils.py:526-587), so labels would be wrong. Fix: register the fields on
+# the finetune trainer schema (plus packing_max_tokens, the pack width) and replace the packed
+# forward: rows (prompt + target + EOS) packed first-fit decreasing, position ids restarting at 0
+# per row, no attention mask and no cache, so transformers builds a block-diagonal causal mask from
+# the position ids (masking_utils.find_packed_sequence_indices). use_cache=False matters: with a
+# cache (the config default, created even in training) the detection is skipped and rows see each
+# other. Labels (target + EOS, -100 elsewhere) go to Ludwig's unchanged loss.
+# --------------------------------------------------------------------------------------------
+
+
+def finetune_trainer_drops_packing() -> bool:
+    """True while stock Ludwig's finetune trainer config has no `packing` field (speed-up 3)."""
+    from ludwig.schema.trainer import FineTuneTrainerConfig
+
+    return "packing" not in FineTuneTrainerConfig.model_fields  # the stock class itself is never changed
+
+
+def llm_packing_passes_3d_mask() -> bool:
+    """True while stock Ludwig's packed path builds its own [packs, L, L] mask instead of position ids (speed-up 3)."""
+    import inspect
+
+    from ludwig.utils import llm_utils
+
+    return "position_ids" not in inspect.getsource(llm_utils.generate_merged_ids_packed)
+
+
+def _register_packing_fields() -> None:
+    from ludwig.config_validation.validation import get_schema
+    from ludwig.schema import utils as schema_utils
+    from ludwig.schema.trainer import FineTuneTrainerConfig, _llm_trainer_schema_registry, register_llm_trainer_schema
+
+    if "packing" in _llm_trainer_schema_registry["finetune"].model_fields:
+        return
+
+    @register_llm_trainer_schema("finetune")
+    class PackingFineTuneTrainerConfig(FineTuneTrainerConfig):
+        packing: bool = schema_utils.Boolean(default=False, description="Pack several rows into each sequence (ftpipe).")
+        packing_max_sequences_per_pack: int = schema_utils.PositiveInteger(default=8, description="Rows per pack at most.")
+        packing_max_tokens: int | None = schema_utils.PositiveInteger(
+            default=None, allow_none=True, description="Tokens per pack at most; null: global_max_sequence_length.")
+
+    get_schema.cache_clear()
+
+
+def pack_rows(prompts, targets, eos_id: int, width: int, max_rows: int):
+    """Left-padded prompt and target ids [B, *] -> (ids, position_ids, labels) [packs, W], right-padded with 0.
+
+    First-fit decreasing into packs of at most `width` tokens and `max_rows` rows (a longer row gets a pack of
+    its own); positions restart at 0 per row; labels are the target tokens and an EOS, -100 elsewhere.
+    """
+    import torch
+
+    rows = []
+    for p, t in zip(prompts, targets):
+        p, t = p[p != 0].long(), t[t != 0].long()  # pad id 0 never occurs in text (ftpipe's store)
+        rows.append((p, torch.cat([t, t.new_tensor([eos_id])])))
+    packs: list[list] = []
+    for row in sorted(rows, key=lambda r: -(len(r[0]) + len(r[1]))):
+        n = len(row[0]) + len(row[1])
+        pack = next((k for k in packs if sum(len(p) + len(t) for p, t in k) + n <= width and len(k) < max_rows), None)
+        if pack is None:
+            packs.append([row])
+        else:
+            pack.append(row)
+    w = max(sum(len(p) + len(t) for p, t in k) for k in packs)
+    ids = torch.zeros((len(packs), w), dtype=torch.long)
+    positions, labels = torch.zeros_like(ids), torch.full_like(ids, IGNORE_INDEX)
+    for k, pack in enumerate(packs):
+        at = 0
+        for p, t in pack:
+            n = len(p) + len(t)
+            ids[k, at:at + n] = torch.cat([p, t])
+            positions[k, at:at + n] = torch.arange(n)
+            labels[k, at + len(p):at + n] = t
+            at += n
+        positions[k, at:] = torch.arange(w - at)  # the tail padding is a block of its own, with no labels
+    return ids, positions, labels
+
+
+def _patch_packed_forward() -> None:
+    from ludwig.constants import LOGITS, PREDICTIONS, USED_TOKENS
+    from ludwig.models.llm import LLM
+
+    if hasattr(LLM.forward, "_ftpipe_unpacked"):
+        return
+    unpacked_forward, unpacked_align = LLM.forward, LLM._update_target_tensor_for_finetuning
+
+    def forward(self, inputs, mask=None):
+        import torch
+
+        trainer = getattr(self.config_obj, "trainer", None)
+        input_ids, target_ids = self._unpack_inputs(inputs)
+        self._ftpipe_packed_labels = None
+        if not (getattr(trainer, "packing", False) and self.training and target_ids is not None):
+            return unpacked_forward(self, inputs, mask)
+        ids, positions, labels = pack_rows(input_ids, target_ids, self.tokenizer.eos_token_id,
+                                           trainer.packing_max_tokens or self.global_max_sequence_length,
+                                           trainer.packing_max_sequences_per_pack)
+        device = input_ids.device
+        self.model_inputs, self.attention_masks = ids.to(device), torch.ones_like(ids, device=device)
+        self._ftpipe_packed_labels = labels.to(device)
+        logits = self.model(input_ids=self.model_inputs, position_ids=positions.to(device), use_cache=False).get(LOGITS)
+        # what LLM.forward returns after predictions(), less the probabilities (speed-up 1b)
+        return {LOGITS: logits.float(), PREDICTIONS: torch.argmax(logits.detach(), -1),
+                USED_TOKENS: int((ids != 0).sum())}
+
+    def align(self, targets, predictions, of_name):
+        labels = getattr(self, "_ftpipe_packed_labels", None)
+        if labels is None:
+            return unpacked_align(self, targets, predictions, of_name)
+        targets[of_name] = labels  # as upstream, the caller's dict is updated in place
+        return targets
+
+    forward._ftpipe_unpacked = unpacked_forward
+    forward._ftpipe_original = getattr(unpacked_forward, "_ftpipe_original", unpacked_forward)  # stock, for detectors
+    LLM.forward = forward
+    LLM._update_target_tensor_for_finetuning = align
