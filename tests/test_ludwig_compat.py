@@ -439,3 +439,42 @@ def test_packed_step_has_the_unpacked_loss_and_rows_stay_apart(tiny_llama_dir, t
     inside = torch.zeros_like(moved)
     inside[pack, start:end] = True
     assert moved[inside].any() and not moved[~inside].any(), "a row saw another row's tokens"
+
+
+def test_upstream_ludwig_has_no_bf16_training():
+    """Speed-up 4 (ftpipe's bf16 autocast) is needed while this holds."""
+    assert ludwig_compat.ludwig_has_no_bf16_training()
+
+
+@pytest.mark.skipif(bool(ludwig_compat.bf16_unsupported("cpu")), reason="this CPU has no native bf16")
+def test_bf16_autocast_step_on_cpu(tiny_llama_dir, tmp_path):
+    """A real bf16 training step runs; the forward runs in bf16 and its loss is the fp32 loss within bf16 rounding."""
+    def no_dropout(config):
+        config["adapter"]["dropout"] = 0.0
+
+    trainer, batches, _ = captured_run(tiny_llama_dir, tmp_path, route_frame(8), steps=1, real_steps=1, config_edit=no_dropout,
+                                       options=ludwig_compat.StepOptions(lean=False, group_by_length=False, bf16=True))
+    inputs, targets = batches[0]
+    dtypes = []
+    trainer.model.model.register_forward_hook(lambda module, args, out: dtypes.append(out["logits"].dtype))
+    trainer.model.train()
+
+    def loss(forward_pass) -> float:
+        with torch.no_grad():
+            return float(forward_pass({k: v.clone() for k, v in inputs.items()},
+                                      {k: v.clone() for k, v in targets.items()}, True)[1])
+
+    bf16, fp32 = loss(trainer._forward_pass), loss(type(trainer)._forward_pass.__get__(trainer))
+    print(f"loss bf16 {bf16:.6f} fp32 {fp32:.6f} rel {abs(bf16 - fp32) / fp32:.2e}; logits {dtypes}")
+    assert dtypes == [torch.bfloat16, torch.float32]
+    assert bf16 == pytest.approx(fp32, rel=1e-2)
+
+
+def test_bf16_refused_where_it_would_be_emulated(monkeypatch):
+    monkeypatch.setattr(ludwig_compat, "bf16_unsupported", lambda device: "no native bf16")
+
+    class Trainer:
+        device = "cpu"
+
+    with pytest.raises(ludwig_compat.TrainError, match="precision bf16: no native bf16"):
+        ludwig_compat.enable_bf16_autocast(Trainer())

@@ -117,7 +117,9 @@ def _trainer(spec: PipelineSpec, ctx: CompileContext) -> dict[str, Any]:
 def step_options(spec: PipelineSpec) -> dict[str, Any]:
     """ftpipe's own training options, applied around Ludwig (ludwig_compat.StepOptions), not in its config."""
     t = spec.training
-    return {"group_by_length": t.group_by_length, "group_batches": t.length_group_batches}
+    return {"group_by_length": t.group_by_length, "group_batches": t.length_group_batches,
+            # distributed bf16 is Accelerate's mixed precision (ftpipe.training.distributed.strategy_kwargs)
+            "bf16": t.precision == "bf16" and spec.compute.distributed.strategy == "none"}
 
 
 def _ludwig_max_new_tokens(spec: PipelineSpec, ctx: CompileContext) -> int:

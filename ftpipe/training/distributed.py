@@ -94,6 +94,8 @@ def strategy_kwargs(spec: PipelineSpec, base_model: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     if d.mixed_precision != "auto":
         kwargs["mixed_precision"] = d.mixed_precision
+    elif t.precision == "bf16":
+        kwargs["mixed_precision"] = "bf16"
     if d.strategy == "fsdp":
         kwargs["fsdp_config"] = {
             "sharding_strategy": "FULL_SHARD",

@@ -239,6 +239,8 @@ def train_model(config: dict[str, Any], frame, output_dir: Path, *, seed: int, r
         def on_trainer_train_setup(self, trainer, save_path, is_coordinator, **kwargs):
             if options.lean:
                 make_lean(trainer)
+            if options.bf16:
+                enable_bf16_autocast(trainer)
 
     output_dir.mkdir(parents=True, exist_ok=True)
     model = LudwigModel(config, logging_level=logging.ERROR, callbacks=[_Steps(), *(callbacks or [])], backend=backend)
@@ -1305,3 +1307,56 @@ def _patch_packed_forward() -> None:
     forward._ftpipe_original = getattr(unpacked_forward, "_ftpipe_original", unpacked_forward)  # stock, for detectors
     LLM.forward = forward
     LLM._update_target_tensor_for_finetuning = align
+
+
+# --------------------------------------------------------------------------------------------
+# Speed-up 4 (issue 16): `training.precision: bf16`. Ludwig 0.17's only mixed precision is fp16 AMP
+# on CUDA (trainers/trainer.py: `torch.amp.autocast("cuda")` with a GradScaler); on CPU it trains fp32.
+# Fix: autocast the trainer's forward pass (model forward + loss) to bf16. The backward runs outside
+# the context, as PyTorch recommends; bf16 needs no GradScaler; Ludwig casts the logits to fp32
+# before the loss; master weights and AdamW stay fp32. Validation passes stay fp32.
+# --------------------------------------------------------------------------------------------
+
+
+def ludwig_has_no_bf16_training() -> bool:
+    """True while stock Ludwig's trainer autocasts only to CUDA fp16 (speed-up 4)."""
+    import inspect
+
+    from ludwig.trainers.trainer import Trainer
+
+    return "bfloat16" not in inspect.getsource(Trainer)
+
+
+def bf16_unsupported(device: str) -> str | None:
+    """Why bf16 autocast cannot run fast on `device` ("cpu" or "cuda"), or None when it can."""
+    import torch
+
+    if device.startswith("cuda"):
+        return None if torch.cuda.is_bf16_supported() else "this GPU has no bf16 support"
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():  # without AVX512-BF16 or AMX, bf16 is emulated: slower
+        return "this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 would be slower than fp32"
+    return None
+
+
+def enable_bf16_autocast(trainer) -> None:
+    """Run `trainer._forward_pass` under bf16 autocast (idempotent).
+
+    Raises:
+        TrainError: The device has no native bf16.
+    """
+    import torch
+
+    if getattr(trainer, "_ftpipe_bf16", False):
+        return
+    device = "cuda" if str(trainer.device).startswith("cuda") else "cpu"
+    why = bf16_unsupported(device)
+    if why:
+        raise TrainError(f"training.precision bf16: {why}", hint="use precision auto (fp32 on CPU)")
+    original = trainer._forward_pass
+
+    def forward_pass(*args, **kwargs):
+        with torch.autocast(device, dtype=torch.bfloat16):
+            return original(*args, **kwargs)
+
+    trainer._forward_pass = forward_pass
+    trainer._ftpipe_bf16 = True
