@@ -13,6 +13,9 @@ Bugs sidestepped by configuration instead of patches (see shared/LUDWIG.md):
 Issue 15 (docs/toolbox.md): workaround 2 registers prompt and prefix tuning, 3 fixes prompt tuning in
 LLM.forward, 4 makes the `llm` encoder of an ECD model (a task head) honour its adapter, mask its
 padding and stay frozen without one, 5 replaces Ludwig's reference-free DPO by ftpipe's DPO/ORPO step.
+Issue 16 (speed-ups, at the end of this module): 1 lean training steps (always on), 2 length-grouped
+batches (`training.group_by_length`), 3 packing that works (`training.packing`), 4 bf16 autocast
+(`training.precision: bf16`); train_model applies them (StepOptions).
 """
 
 from __future__ import annotations
@@ -966,14 +969,14 @@ def make_preference_callback(loss: str, beta: float, sep_id: int, record: list |
 
 
 # --------------------------------------------------------------------------------------------
-# Speed-up 1 (issue 16): lean training steps. Per step, Ludwig's
-# finetune trainer does work nobody reads: (a) `_update_training_metrics` decodes every row and
+# Speed-up 1 (issue 16): lean training steps. Per step, Ludwig's finetune trainer does work nobody reads: (a) `_update_training_metrics` decodes every row and
 # computes the loss three more times (one a softmax of the softmax), only for training-set metrics
 # in training_statistics.json; (b) LLM.forward's predictions() takes a softmax over the whole
 # vocabulary and keeps it in the graph; (c) NextTokenSoftmaxCrossEntropyLoss slices the logits
 # (`preds[:, :-1, :]`), which copies them and makes the backward allocate a zero-filled full-size
 # gradient. Fixes: (a) keep only the combined training loss, from the loss already computed (ftpipe
-# logs every step's loss itself, training/loss.jsonl); (b) argmax only in training forwards (the
+# logs every step's loss itself, training/loss.jsonl; the per-feature training metrics become NaN,
+# validation metrics are untouched); (b) argmax only in training forwards (the
 # target realignment reads the predictions' shape); (c) shift the labels instead, as transformers
 # does: the same (logit, label) pairs and mean, so the same loss.
 # --------------------------------------------------------------------------------------------
