@@ -383,7 +383,10 @@ PROMPT_LEARNING_ADAPTERS = (PromptTuningAdapter, PrefixTuningAdapter)
 
 
 class TrainingSpec(Section):
-    """Trainer settings; every value is passed to Ludwig explicitly (its defaults are ECD's, not an LLM's)."""
+    """Trainer settings; every value is passed to Ludwig explicitly (its defaults are ECD's, not an LLM's).
+
+    group_by_length, packing and precision bf16 are ftpipe's own, around Ludwig (ludwig_compat, issue 16).
+    """
 
     epochs: int = Field(3, ge=1, le=1000, description="Passes over the training rows.")
     max_steps: int | None = Field(None, ge=1, le=10_000_000, description="Stop after this many optimizer steps (overrides epochs).")
