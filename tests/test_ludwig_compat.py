@@ -439,6 +439,11 @@ def test_packed_step_has_the_unpacked_loss_and_rows_stay_apart(tiny_llama_dir, t
     inside = torch.zeros_like(moved)
     inside[pack, start:end] = True
     assert moved[inside].any() and not moved[~inside].any(), "a row saw another row's tokens"
+    # Why the packed forward passes use_cache=False: with a cache (the model config's default, created even in
+    # training) transformers skips the packed-sequence detection and the rows attend across each other.
+    with torch.no_grad():
+        cached = llm.model(input_ids=ids, position_ids=positions, use_cache=True).logits
+    assert not torch.allclose(cached, before, atol=1e-3), "transformers now detects packing with a cache too"
 
 
 def test_upstream_ludwig_has_no_bf16_training():
