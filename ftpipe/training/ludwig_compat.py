@@ -1289,8 +1289,8 @@ def _patch_packed_forward() -> None:
         if not (getattr(trainer, "packing", False) and self.training and target_ids is not None):
             return unpacked_forward(self, inputs, mask)
         ids, positions, labels = pack_rows(input_ids, target_ids, self.tokenizer.eos_token_id,
-                                           trainer.packing_max_tokens or self.global_max_sequence_length,
-                                           trainer.packing_max_sequences_per_pack)
+                                           getattr(trainer, "packing_max_tokens", None) or self.global_max_sequence_length,
+                                           getattr(trainer, "packing_max_sequences_per_pack", 8))
         device = input_ids.device
         self.model_inputs, self.attention_masks = ids.to(device), torch.ones_like(ids, device=device)
         self._ftpipe_packed_labels = labels.to(device)
