@@ -79,14 +79,17 @@ TRAINING = st.fixed_dictionaries({
     "checkpoints_per_epoch": st.integers(1, 4),
     "evaluate_during_training": st.booleans(),
     "weight_decay": st.sampled_from([0.0, 0.01]),
-    "precision": st.sampled_from(["auto", "fp32", "fp16"]),
-}, optional={"max_steps": st.integers(1, 1000)})
+    "precision": st.sampled_from(["auto", "fp32", "fp16", "bf16"]),
+    "group_by_length": st.booleans(),
+}, optional={"max_steps": st.integers(1, 1000), "packing": st.booleans()})
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(adapter=ADAPTERS, training=TRAINING, max_new=st.integers(1, 256), prompt_len=st.integers(8, 512),
        device=st.sampled_from(["cpu", "cuda"]))
 def test_generated_specs_compile_to_configs_ludwig_accepts(tiny_llama_dir, adapter, training, max_new, prompt_len, device):
+    if adapter["type"] in ("prompt_tuning", "prefix_tuning"):
+        training = {**training, "packing": False}  # virtual tokens cannot be packed (the spec refuses it)
     spec = PipelineSpec.model_validate({
         "name": "gen", "base_model": "tiny-llama", "adapter": adapter, "training": training,
         "generation": {"max_new_tokens": max_new},
@@ -99,6 +102,9 @@ def test_generated_specs_compile_to_configs_ludwig_accepts(tiny_llama_dir, adapt
     assert (resolved.get("adapter") or {}).get("type", "full") == ("lora" if adapter["type"] == "qlora" else adapter["type"])
     if adapter["type"] == "qlora":
         assert resolved["quantization"]["bits"] == adapter.get("bits", 4)
+    assert resolved["trainer"]["packing"] is training.get("packing", False)
+    assert resolved["trainer"]["use_mixed_precision"] is (training["precision"] == "fp16" or
+                                                          (training["precision"] == "auto" and device == "cuda"))
 
 
 def test_committed_configs_have_header_and_sorted_keys():

@@ -119,6 +119,9 @@ def test_strategy_settings(tiny_llama_dir):
     fsdp = distributed.strategy_kwargs(spec_with(strategy="fsdp", processes_per_node=2, offload="true",
                                                  mixed_precision="bf16"), str(tiny_llama_dir))
     assert fsdp["mixed_precision"] == "bf16"
+    ddp_bf16 = load_spec(SPEC, ["compute.distributed.strategy=ddp", "compute.distributed.processes_per_node=2",
+                                "training.precision=bf16"]).spec
+    assert distributed.strategy_kwargs(ddp_bf16, str(tiny_llama_dir)) == {"mixed_precision": "bf16"}  # Accelerate's
     assert fsdp["fsdp_config"]["transformer_cls_names_to_wrap"] == ["LlamaDecoderLayer"] and fsdp["fsdp_config"]["cpu_offload"]
     ds = distributed.strategy_kwargs(spec_with(strategy="deepspeed", processes_per_node=2, zero_stage=3, offload="true"),
                                      str(tiny_llama_dir))["deepspeed_config"]["hf_ds_config"]

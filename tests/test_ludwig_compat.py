@@ -237,3 +237,249 @@ def test_check_config_refuses_stock_preference_trainers(tiny_llama_dir, trainer_
     config.pop("adapter")
     with pytest.raises(CompileError, match=f"trainer type {trainer_type} .* falls back to cross-entropy"):
         ludwig_compat.check_config(config)
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 16: speed-ups around Ludwig's training step
+# --------------------------------------------------------------------------------------------
+
+
+STOCK = ludwig_compat.StepOptions(lean=False, group_by_length=False)  # Ludwig as it comes
+
+
+def route_frame(n: int = 8, validation: int = 0) -> pd.DataFrame:
+    """Rows of clearly different lengths (so batches are padded), `validation` of them in split 1."""
+    prompts = [f"Route ticket {i}: " + "my card was charged twice " * (1 + (i * 5) % 7) for i in range(n)]
+    return pd.DataFrame({"prompt": prompts, "target": ["billing" if i % 2 else "card issue" for i in range(n)],
+                         "split": [0] * (n - validation) + [1] * validation})
+
+
+def captured_run(tiny_llama_dir, tmp_path, frame, steps: int = 2, *, real_steps: int = 0, config_edit=None,
+                 options=STOCK, **training):
+    """Ludwig's own training loop on the tiny model; each train_step records its (inputs, targets) and runs only
+    for the first `real_steps` steps. Returns (trainer, batches, epochs: the epoch of each batch)."""
+    from ludwig.callbacks import Callback
+
+    config = compile_spec(tiny_spec(max_steps=steps, evaluate_during_training=False, **training),
+                          CompileContext(base_model=str(tiny_llama_dir), max_prompt_tokens=64, max_target_tokens=4,
+                                         has_validation=False))
+    if config_edit:
+        config_edit(config)
+    state: dict = {"batches": [], "epochs": []}
+
+    class Capture(Callback):
+        def on_trainer_train_setup(self, trainer, save_path, is_coordinator, **kwargs):
+            state["trainer"] = trainer
+            step = trainer.train_step
+
+            def record(inputs, targets, *args, **kw):
+                state["batches"].append(({k: v.clone() for k, v in inputs.items()}, {k: v.clone() for k, v in targets.items()}))
+                if len(state["batches"]) <= real_steps:
+                    return step(inputs, targets, *args, **kw)
+                return torch.tensor(0.0), {}, 0
+
+            trainer.train_step = record
+
+        def on_batch_start(self, trainer, progress_tracker, save_path):
+            state["epochs"].append(progress_tracker.epoch)
+
+    ludwig_compat.train_model(ludwig_compat.check_config(config) and config, frame, tmp_path, seed=0,
+                              callbacks=[Capture()], save_model=False, options=options)
+    return state["trainer"], state["batches"], state["epochs"]
+
+
+def test_upstream_training_step_does_unread_work():
+    """Speed-up 1 (lean steps, shifted labels) patches behaviour that is there while these hold."""
+    assert ludwig_compat.training_step_updates_metrics()
+    assert ludwig_compat.sequence_predictions_take_softmax()
+    assert ludwig_compat.loss_slices_logits()
+
+
+def test_lean_step_has_the_stock_loss_and_gradients(tiny_llama_dir, tmp_path, monkeypatch):
+    """Same weights, same batch, same dropout draws: the lean step (shifted-label loss, no probabilities)
+    gives stock Ludwig's loss and gradients; evaluation forwards keep their probabilities."""
+    from ludwig.modules.loss_modules import NextTokenSoftmaxCrossEntropyLoss as Loss
+
+    trainer, batches, _ = captured_run(tiny_llama_dir, tmp_path, route_frame(), steps=1)  # stock trainer
+    inputs, targets = batches[0]
+    trainer.model.train()
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+
+    def step():
+        torch.manual_seed(0)
+        trainer.optimizer.zero_grad()
+        outputs, loss, _ = trainer._forward_pass({k: v.clone() for k, v in inputs.items()},
+                                                 {k: v.clone() for k, v in targets.items()}, True)
+        loss.backward()
+        return outputs, float(loss.detach()), [p.grad.clone() for p in trainable]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Loss, "forward", Loss.forward._ftpipe_original)  # stock loss: slices the logits
+        stock_outputs, stock_loss, stock_grads = step()
+    ludwig_compat.make_lean(trainer)
+    lean_outputs, lean_loss, lean_grads = step()
+    assert lean_loss == pytest.approx(stock_loss, abs=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-7, rtol=1e-5) for a, b in zip(stock_grads, lean_grads))
+    print(f"loss stock {stock_loss:.10f} lean {lean_loss:.10f}")
+    assert "probabilities" in stock_outputs and "probabilities" not in lean_outputs
+    assert torch.equal(stock_outputs["predictions"], lean_outputs["predictions"])
+    trainer.model.eval()
+    with torch.no_grad():
+        assert "probabilities" in trainer.model((dict(inputs), dict(targets)))
+
+
+def test_lean_training_keeps_the_loss_log_and_the_training_curve(tiny_llama_dir, tmp_path):
+    """With the lean step (installed by the progress callback) every step's loss is still reported, and
+    training_statistics.json still has the training loss curve (the mean of the steps' losses)."""
+    import math
+
+    logged: list[dict] = []
+    config = compile_spec(tiny_spec(max_steps=3, batch_size=2),
+                          CompileContext(base_model=str(tiny_llama_dir), max_prompt_tokens=64, max_target_tokens=4))
+    _, stats, _ = ludwig_compat.train_model(ludwig_compat.check_config(config) and config, route_frame(8, validation=2),
+                                            tmp_path, seed=0, callbacks=[ludwig_compat.make_progress_callback(logged.append)],
+                                            save_model=False)
+    losses = [row["loss"] for row in logged]
+    assert [row["step"] for row in logged] == [1, 2, 3] and all(math.isfinite(x) for x in losses)
+    curve = stats["training"]["combined"]["loss"]
+    assert curve and curve[-1] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+    assert math.isfinite(stats["validation"]["combined"]["loss"][-1])
+
+
+def test_upstream_batcher_has_no_length_grouping():
+    """Speed-up 2 (length-grouped batches) replaces Ludwig's sampler while this holds."""
+    assert ludwig_compat.batcher_has_no_length_grouping()
+
+
+def real_token_share(batches) -> float:
+    """Real tokens / tokens the model runs, with each batch padded to its longest prompt + target + EOS."""
+    real = run = 0
+    for inputs, targets in batches:
+        lengths = (inputs["prompt"] != 0).sum(-1) + (targets["target"] != 0).sum(-1) + 1
+        real, run = real + int(lengths.sum()), run + int(lengths.max()) * len(lengths)
+    return real / run
+
+
+def epoch_rows(batches, epochs, epoch: int) -> list[bytes]:
+    return [row[row != 0].numpy().tobytes() for (inputs, _), e in zip(batches, epochs) if e == epoch
+            for row in inputs["prompt"]]
+
+
+@pytest.mark.parametrize("group_batches", [None, 3], ids=["whole-epoch", "groups-of-3"])
+def test_length_grouped_batches_inside_ludwig(tiny_llama_dir, tmp_path, group_batches):
+    """Ludwig's own loop, 2 epochs of 24 rows: grouped batches pad less than Ludwig's, hold every row
+    exactly once per epoch and are drawn afresh each epoch."""
+    frame = route_frame(24)
+    run = dict(steps=12, batch_size=4, epochs=2)
+    _, stock, stock_epochs = captured_run(tiny_llama_dir, tmp_path / "stock", frame, **run)
+    _, grouped, epochs = captured_run(tiny_llama_dir, tmp_path / "grouped", frame, **run, options=ludwig_compat.StepOptions(
+        lean=False, group_by_length=True, group_batches=group_batches))
+    assert len(grouped) == len(stock) == 12 and epochs == stock_epochs == [0] * 6 + [1] * 6
+    print(f"real-token share: stock {real_token_share(stock):.3f}, grouped {real_token_share(grouped):.3f}")
+    assert real_token_share(grouped) > real_token_share(stock) + 0.05
+    every_row = sorted(epoch_rows(stock, stock_epochs, 0))
+    assert len(every_row) == len(set(every_row)) == 24
+    for epoch in (0, 1):
+        assert sorted(epoch_rows(grouped, epochs, epoch)) == every_row  # each row exactly once
+    assert epoch_rows(grouped, epochs, 0) != epoch_rows(grouped, epochs, 1)  # re-drawn every epoch
+
+
+def test_upstream_finetune_trainer_cannot_pack():
+    """Speed-up 3 (packing fields registered, ftpipe's packed forward) is needed while these hold."""
+    assert ludwig_compat.finetune_trainer_drops_packing()
+    assert ludwig_compat.llm_packing_passes_3d_mask()
+
+
+def test_packing_config_kept_by_ludwig(tiny_llama_dir):
+    config = compile_spec(tiny_spec(packing=True, packing_max_tokens=512),
+                          CompileContext(base_model=str(tiny_llama_dir), max_prompt_tokens=32, max_target_tokens=4))
+    resolved = ludwig_compat.check_config(config)  # raises if Ludwig dropped a key
+    assert resolved["trainer"]["packing"] is True and resolved["trainer"]["packing_max_tokens"] == 512
+
+
+def test_packed_step_has_the_unpacked_loss_and_rows_stay_apart(tiny_llama_dir, tmp_path):
+    """8 rows in one batch (one real packed training step first): packed into fewer sequences, the loss is the
+    unpacked (padded) batch's, and changing row 0 changes no logit outside row 0's own block."""
+    def no_dropout(config):
+        config["adapter"]["dropout"] = 0.0
+
+    trainer, batches, _ = captured_run(tiny_llama_dir, tmp_path, route_frame(8), steps=1, real_steps=1, batch_size=8,
+                                       packing=True, packing_max_tokens=1024, config_edit=no_dropout)
+    inputs, targets = batches[0]
+    llm, settings = trainer.model, trainer.model.config_obj.trainer
+    assert settings.packing and settings.packing_max_tokens == 1024
+    llm.train()
+
+    def loss(packing: bool) -> float:
+        settings.packing = packing
+        with torch.no_grad():
+            return float(trainer._forward_pass({k: v.clone() for k, v in inputs.items()},
+                                               {k: v.clone() for k, v in targets.items()}, True)[1])
+
+    packed = loss(True)
+    assert len(llm.model_inputs) < len(inputs["prompt"]), "rows must share packs"
+    unpacked = loss(False)
+    assert len(llm.model_inputs) == len(inputs["prompt"])
+    print(f"loss packed {packed:.8f} unpacked {unpacked:.8f} |diff| {abs(packed - unpacked):.2e}")
+    assert packed == pytest.approx(unpacked, abs=1e-3)
+
+    settings.packing = True
+    ids, positions, _ = ludwig_compat.pack_rows(inputs["prompt"], targets["target"], llm.tokenizer.eos_token_id, 1024, 8)
+    changed = {k: v.clone() for k, v in inputs.items()}
+    first = int((changed["prompt"][0] != 0).nonzero()[0])
+    changed["prompt"][0, first + 3] = 1000 if changed["prompt"][0, first + 3] != 1000 else 1001  # same length
+    with torch.no_grad():
+        before = llm((dict(inputs), {k: v.clone() for k, v in targets.items()}))["logits"]
+        after = llm((changed, {k: v.clone() for k, v in targets.items()}))["logits"]
+    moved = (before - after).abs().amax(-1) > 0  # [packs, W]
+    new_ids = ludwig_compat.pack_rows(changed["prompt"], targets["target"], llm.tokenizer.eos_token_id, 1024, 8)[0]
+    pack, at = (new_ids != ids).nonzero()[0].tolist()
+    start = at - int(positions[pack, at])  # row 0's block: from its position 0 to the next restart
+    end = start + 1 + next((j for j, p in enumerate(positions[pack, start + 1:].tolist()) if p == 0), ids.shape[1])
+    inside = torch.zeros_like(moved)
+    inside[pack, start:end] = True
+    assert moved[inside].any() and not moved[~inside].any(), "a row saw another row's tokens"
+    # Why the packed forward passes use_cache=False: with a cache (the model config's default, created even in
+    # training) transformers skips the packed-sequence detection and the rows attend across each other.
+    with torch.no_grad():
+        cached = llm.model(input_ids=ids, position_ids=positions, use_cache=True).logits
+    assert not torch.allclose(cached, before, atol=1e-3), "transformers now detects packing with a cache too"
+
+
+def test_upstream_ludwig_has_no_bf16_training():
+    """Speed-up 4 (ftpipe's bf16 autocast) is needed while this holds."""
+    assert ludwig_compat.ludwig_has_no_bf16_training()
+
+
+@pytest.mark.skipif(bool(ludwig_compat.bf16_unsupported("cpu")), reason="this CPU has no native bf16")
+def test_bf16_autocast_step_on_cpu(tiny_llama_dir, tmp_path):
+    """A real bf16 training step runs; the forward runs in bf16 and its loss is the fp32 loss within bf16 rounding."""
+    def no_dropout(config):
+        config["adapter"]["dropout"] = 0.0
+
+    trainer, batches, _ = captured_run(tiny_llama_dir, tmp_path, route_frame(8), steps=1, real_steps=1, config_edit=no_dropout,
+                                       options=ludwig_compat.StepOptions(lean=False, group_by_length=False, bf16=True))
+    inputs, targets = batches[0]
+    dtypes = []
+    trainer.model.model.register_forward_hook(lambda module, args, out: dtypes.append(out["logits"].dtype))
+    trainer.model.train()
+
+    def loss(forward_pass) -> float:
+        with torch.no_grad():
+            return float(forward_pass({k: v.clone() for k, v in inputs.items()},
+                                      {k: v.clone() for k, v in targets.items()}, True)[1])
+
+    bf16, fp32 = loss(trainer._forward_pass), loss(type(trainer)._forward_pass.__get__(trainer))
+    print(f"loss bf16 {bf16:.6f} fp32 {fp32:.6f} rel {abs(bf16 - fp32) / fp32:.2e}; logits {dtypes}")
+    assert dtypes == [torch.bfloat16, torch.float32]
+    assert bf16 == pytest.approx(fp32, rel=1e-2)
+
+
+def test_bf16_refused_where_it_would_be_emulated(monkeypatch):
+    monkeypatch.setattr(ludwig_compat, "bf16_unsupported", lambda device: "no native bf16")
+
+    class Trainer:
+        device = "cpu"
+
+    with pytest.raises(ludwig_compat.TrainError, match="precision bf16: no native bf16"):
+        ludwig_compat.enable_bf16_autocast(Trainer())

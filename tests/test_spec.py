@@ -86,6 +86,15 @@ def test_method_must_fit_tasks(tmp_path):
     assert "multitask needs at least two tasks" in msg
 
 
+def test_training_speed_options(tmp_path):
+    spec = load_spec(write(tmp_path, MINIMAL)).spec
+    assert spec.training.group_by_length and spec.training.length_group_batches == 8 and not spec.training.packing
+    assert "packing_max_tokens applies with packing: true only" in error_of(
+        write(tmp_path, MINIMAL + "training:\n  packing_max_tokens: 512\n"))
+    assert "cannot be packed" in error_of(write(tmp_path, MINIMAL + "training:\n  packing: true\n"
+                                                                    "adapter:\n  type: prefix_tuning\n"))
+
+
 def test_extends_and_overrides(tmp_path):
     write(tmp_path, MINIMAL + "training:\n  epochs: 5\n  batch_size: 4\n", "base.yaml")
     child = write(tmp_path, "extends: base.yaml\nname: child\ntraining:\n  epochs: 2\n")

@@ -103,11 +103,23 @@ def _trainer(spec: PipelineSpec, ctx: CompileContext) -> dict[str, Any]:
     }
     if t.max_steps is not None:
         trainer["train_steps"] = t.max_steps
+    if t.packing:  # fields ludwig_compat registers on the finetune trainer (speed-up 3)
+        trainer["packing"] = True
+        if t.packing_max_tokens is not None:
+            trainer["packing_max_tokens"] = t.packing_max_tokens
     if spec.method == "preference":
         # Ludwig's validation pass would score cross-entropy on the packed `chosen SEP rejected` target:
         # meaningless for a preference model, which ftpipe's evaluator judges on held-out pairs instead.
         trainer["skip_all_evaluation"] = True
     return trainer
+
+
+def step_options(spec: PipelineSpec) -> dict[str, Any]:
+    """ftpipe's own training options, applied around Ludwig (ludwig_compat.StepOptions), not in its config."""
+    t = spec.training
+    return {"group_by_length": t.group_by_length, "group_batches": t.length_group_batches,
+            # distributed bf16 is Accelerate's mixed precision (ftpipe.training.distributed.strategy_kwargs)
+            "bf16": t.precision == "bf16" and spec.compute.distributed.strategy == "none"}
 
 
 def _ludwig_max_new_tokens(spec: PipelineSpec, ctx: CompileContext) -> int:

@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 from ftpipe.errors import BadInputError, TrainError
 from ftpipe.spec import DistributedSpec, PipelineSpec, QloraAdapter
+from ftpipe.training.compile import step_options
 
 JOB_FOLDER = "_dist"  # inside the run's training folder
 PROGRESS_PREFIX = "FTPIPE_PROGRESS "  # rank 0's progress lines on the launcher's stdout
@@ -93,6 +94,8 @@ def strategy_kwargs(spec: PipelineSpec, base_model: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     if d.mixed_precision != "auto":
         kwargs["mixed_precision"] = d.mixed_precision
+    elif t.precision == "bf16":
+        kwargs["mixed_precision"] = "bf16"
     if d.strategy == "fsdp":
         kwargs["fsdp_config"] = {
             "sharding_strategy": "FULL_SHARD",
@@ -179,7 +182,7 @@ def write_job(config: dict, frame, train_dir: Path, spec: PipelineSpec, *, devic
         "status": "launched", "spec_hash": spec_hash, "device": device,
         "distributed": d.model_dump(mode="json"), "world_size": d.world_size(),
         "config": config, "frame": str(job_dir / "frame.parquet"), "output_dir": str(train_dir.resolve()),
-        "seed": spec.training.seed, "resume": resume, "quantized": isinstance(spec.adapter, QloraAdapter),
+        "seed": spec.training.seed, "resume": resume, "step_options": step_options(spec), "quantized": isinstance(spec.adapter, QloraAdapter),
         "strategy": strategy_kwargs(spec, config["base_model"]),
         # each process sees only its own GPU when Ludwig would spread 4-bit weights over all of them
         "pin_gpu": device == "cuda" and isinstance(spec.adapter, QloraAdapter),
@@ -306,7 +309,8 @@ def worker_main(job_file: Path) -> int:
     callback = ludwig_compat.make_rank_callback(on_step, seen_rows)
     model, stats, saved = ludwig_compat.train_model(
         job["config"], frame, Path(job["output_dir"]), seed=job["seed"], resume=job["resume"],
-        callbacks=[callback], quantized=job["quantized"], backend=backend)
+        callbacks=[callback], quantized=job["quantized"], backend=backend,
+        options=ludwig_compat.StepOptions(**job.get("step_options", {})))
     if backend.is_coordinator():
         weights = None
         if ludwig_compat.adapter_folder(saved) is None:  # full fine-tuning: the same export as one process

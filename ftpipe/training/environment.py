@@ -26,6 +26,12 @@ def preflight(loaded: LoadedSpec, device: str) -> None:
             raise BadInputError(f"adapter qlora needs bitsandbytes ({e})", hint="pip install bitsandbytes, or use adapter lora") from None
         if device == "cpu" and spec.adapter.bits == 8:
             raise BadInputError("8-bit bitsandbytes weights need a CUDA GPU", hint="use bits: 4 on CPU, or adapter lora")
+    if spec.training.precision == "bf16" and spec.compute.distributed.strategy == "none":
+        from ftpipe.training.ludwig_compat import bf16_unsupported
+
+        why = bf16_unsupported(device)
+        if why:
+            raise BadInputError(f"training.precision bf16: {why}", hint="use precision auto (fp32 on CPU)")
     if spec.compute.distributed.strategy != "none":  # e.g. fsdp/deepspeed need CUDA, enough GPUs
         from ftpipe.training.distributed import check_environment
 

@@ -13,6 +13,9 @@ Bugs sidestepped by configuration instead of patches (see shared/LUDWIG.md):
 Issue 15 (docs/toolbox.md): workaround 2 registers prompt and prefix tuning, 3 fixes prompt tuning in
 LLM.forward, 4 makes the `llm` encoder of an ECD model (a task head) honour its adapter, mask its
 padding and stay frozen without one, 5 replaces Ludwig's reference-free DPO by ftpipe's DPO/ORPO step.
+Issue 16 (speed-ups, at the end of this module): 1 lean training steps (always on), 2 length-grouped
+batches (`training.group_by_length`), 3 packing that works (`training.packing`), 4 bf16 autocast
+(`training.precision: bf16`); train_model applies them (StepOptions).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -94,6 +98,10 @@ def apply_patches() -> None:
     _register_prompt_learning_adapters()
     _patch_soft_prompt_forward()
     _patch_llm_encoder()
+    _patch_shifted_label_loss()
+    _patch_length_grouping()
+    _register_packing_fields()
+    _patch_packed_forward()
     _PATCHED = True
 
 
@@ -201,7 +209,8 @@ def make_progress_callback(on_step: Callable[[dict], None]):
 
 
 def train_model(config: dict[str, Any], frame, output_dir: Path, *, seed: int, resume: bool = False,
-                callbacks: list | None = None, quantized: bool = False, backend=None, save_model: bool = True):
+                callbacks: list | None = None, quantized: bool = False, backend=None, save_model: bool = True,
+                options: StepOptions | None = None):
     """Train with LudwigModel and save the final model under `output_dir/model`.
 
     Args:
@@ -217,15 +226,27 @@ def train_model(config: dict[str, Any], frame, output_dir: Path, *, seed: int, r
             then only the coordinator (rank 0) saves. None: the config's local backend.
         save_model: Save the model under `output_dir/model` (a classification head is exported from
             memory instead: a frozen body would be saved whole, 538 MB for SmolLM2).
+        options: ftpipe's own step options (issue 16); None: the defaults.
 
     Returns:
         (LudwigModel, training statistics from training_statistics.json, path of the saved model folder).
     """
+    global _ACTIVE
     import_ludwig()
     from ludwig.api import LudwigModel
+    from ludwig.callbacks import Callback
+
+    options = options or StepOptions()
+
+    class _Steps(Callback):  # first, so the other callbacks' train_step wrappers see the lean step
+        def on_trainer_train_setup(self, trainer, save_path, is_coordinator, **kwargs):
+            if options.lean:
+                make_lean(trainer)
+            if options.bf16:
+                enable_bf16_autocast(trainer)
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    model = LudwigModel(config, logging_level=logging.ERROR, callbacks=callbacks, backend=backend)
+    model = LudwigModel(config, logging_level=logging.ERROR, callbacks=[_Steps(), *(callbacks or [])], backend=backend)
     experiment = experiment_folder(output_dir)
     resume_path = str(experiment) if resume and checkpoint_state(output_dir)[0] == "complete" else None
     if resume_path is None and (output_dir / LUDWIG_OUTPUT).exists() and (backend is None or backend.is_coordinator()):
@@ -234,6 +255,7 @@ def train_model(config: dict[str, Any], frame, output_dir: Path, *, seed: int, r
         import shutil
 
         shutil.rmtree(output_dir / LUDWIG_OUTPUT)
+    previous, _ACTIVE = _ACTIVE, options  # read by the batcher patch (speed-up 2) while this training runs
     try:
         result = model.train(
             dataset=frame,
@@ -250,6 +272,8 @@ def train_model(config: dict[str, Any], frame, output_dir: Path, *, seed: int, r
     except Exception as e:
         raise TrainError(f"Ludwig training failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}",
                          hint="rerun with --debug for the traceback") from e
+    finally:
+        _ACTIVE = previous
     saved = output_dir / "model"
     if save_model and (backend is None or backend.is_coordinator()):  # distributed: only rank 0 writes (issue 9)
         model.save(str(saved))
@@ -942,3 +966,400 @@ def make_preference_callback(loss: str, beta: float, sep_id: int, record: list |
             trainer.train_step = train_step
 
     return _Preference()
+
+
+# --------------------------------------------------------------------------------------------
+# Speed-up 1 (issue 16): lean training steps. Per step, Ludwig's finetune trainer does work nobody reads: (a) `_update_training_metrics` decodes every row and
+# computes the loss three more times (one a softmax of the softmax), only for training-set metrics
+# in training_statistics.json; (b) LLM.forward's predictions() takes a softmax over the whole
+# vocabulary and keeps it in the graph; (c) NextTokenSoftmaxCrossEntropyLoss slices the logits
+# (`preds[:, :-1, :]`), which copies them and makes the backward allocate a zero-filled full-size
+# gradient. Fixes: (a) keep only the combined training loss, from the loss already computed (ftpipe
+# logs every step's loss itself, training/loss.jsonl; the per-feature training metrics become NaN,
+# validation metrics are untouched); (b) argmax only in training forwards (the
+# target realignment reads the predictions' shape); (c) shift the labels instead, as transformers
+# does: the same (logit, label) pairs and mean, so the same loss.
+# --------------------------------------------------------------------------------------------
+
+
+def loss_slices_logits() -> bool:
+    """True while stock Ludwig's next-token loss slices the logits (speed-up 1c)."""
+    import inspect
+
+    from ludwig.modules.loss_modules import NextTokenSoftmaxCrossEntropyLoss
+
+    forward = NextTokenSoftmaxCrossEntropyLoss.forward
+    return "preds[:, :-1, :]" in inspect.getsource(getattr(forward, "_ftpipe_original", forward))
+
+
+def training_step_updates_metrics() -> bool:
+    """True while stock Trainer.train_step computes training-set metrics after every step (speed-up 1a)."""
+    import inspect
+
+    from ludwig.trainers.trainer import Trainer
+
+    return "self._update_training_metrics(" in inspect.getsource(Trainer.train_step)
+
+
+def sequence_predictions_take_softmax() -> bool:
+    """True while stock text predictions() compute full-vocabulary probabilities (speed-up 1b)."""
+    import inspect
+
+    from ludwig.features.sequence_feature import _SequencePredict
+
+    return "torch.softmax" in inspect.getsource(_SequencePredict.forward)
+
+
+def _patch_shifted_label_loss() -> None:
+    import torch.nn.functional as F
+    from ludwig.modules.loss_modules import NextTokenSoftmaxCrossEntropyLoss
+
+    if hasattr(NextTokenSoftmaxCrossEntropyLoss.forward, "_ftpipe_original"):
+        return
+    original = NextTokenSoftmaxCrossEntropyLoss.forward
+
+    def forward(self, preds, target):
+        # the label of position i is target[i + 1]; the last position has none (-100 is ignored)
+        labels = F.pad(target.long()[:, 1:], (0, 1), value=IGNORE_INDEX)
+        return self.loss_fn(preds.reshape(-1, preds.shape[-1]), labels.reshape(-1))
+
+    forward._ftpipe_original = original
+    NextTokenSoftmaxCrossEntropyLoss.forward = forward
+
+
+def make_lean(trainer) -> None:
+    """Speed-up 1a and 1b on one trainer (from a callback's on_trainer_train_setup; idempotent)."""
+    import torch
+    from ludwig.features.sequence_feature import _SequencePredict
+    from ludwig.utils import output_feature_utils
+
+    if getattr(trainer, "_ftpipe_lean", False):
+        return
+    trainer._ftpipe_lean = True
+    original_forward_pass = trainer._forward_pass
+    last_loss: list[float] = []
+
+    def forward_pass(inputs, targets, should_step, *args, **kwargs):
+        outputs, loss, all_losses = original_forward_pass(inputs, targets, should_step, *args, **kwargs)
+        last_loss[:] = [float(loss.detach()) * trainer.gradient_accumulation_steps]  # undo the trainer's division
+        return outputs, loss, all_losses
+
+    def update_training_metrics(model_outputs, targets):
+        # Only the combined loss (the training curve of training_statistics.json, read by the fit
+        # diagnosis): Ludwig reports it as loss + additional losses, both already in the train loss.
+        if not trainer.evaluate_training_set and last_loss:
+            trainer.model.eval_loss_metric.update(last_loss[0])
+            trainer.model.eval_additional_losses_metrics.update(0.0)
+
+    trainer._forward_pass = forward_pass
+    trainer._update_training_metrics = update_training_metrics
+    model = trainer.model
+    for feature in model.output_features.values():
+        predict = feature.prediction_module
+        if not isinstance(predict, _SequencePredict) or getattr(predict, "_ftpipe_lean", False):
+            continue
+        original_predict = predict.forward
+
+        def lean_predict(inputs, feature_name, _predict=predict, _original=original_predict):
+            if not (model.training and torch.is_grad_enabled()):
+                return _original(inputs, feature_name)  # evaluation keeps its probabilities
+            logits = output_feature_utils.get_output_feature_tensor(inputs, feature_name, _predict.logits_key)
+            return {_predict.predictions_key: torch.argmax(logits.detach(), -1), _predict.logits_key: logits}
+
+        predict.forward = lean_predict
+        predict._ftpipe_lean = True
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """ftpipe's own training options (not Ludwig config keys) that train_model applies around Ludwig.
+
+    lean: the lean step (speed-up 1; off only to compare with stock Ludwig). group_by_length: length-grouped
+    batches (speed-up 2); group_batches: batches per sorted group (None: the whole epoch). bf16: bf16 autocast
+    of the training forward (speed-up 4).
+    """
+
+    lean: bool = True
+    group_by_length: bool = True
+    group_batches: int | None = 8
+    bf16: bool = False
+
+
+# --------------------------------------------------------------------------------------------
+# Speed-up 2 (issue 16): length-grouped batches. Ludwig cuts training batches from a random
+# permutation of the rows (data/sampler.py DistributedSampler, np.random.RandomState(seed + epoch)),
+# so a batch pads to its longest row: ~10% of the tokens are padding on the demo data. Callbacks
+# never see the batcher, so PandasDataset.initialize_batcher is wrapped: while train_model runs with
+# group_by_length, a shuffled (= training) batcher gets a sampler that draws Ludwig's own permutation,
+# sorts it by token length within groups of `group_batches` batches, and shuffles the batch order;
+# every epoch re-draws (the trainer calls set_epoch). Evaluation batchers are not shuffled: untouched.
+# --------------------------------------------------------------------------------------------
+
+_ACTIVE = StepOptions(group_by_length=False)  # what the running train_model asked for
+
+
+def batcher_has_no_length_grouping() -> bool:
+    """True while stock PandasDataset.initialize_batcher builds a plain DistributedSampler (speed-up 2)."""
+    import inspect
+
+    from ludwig.data.dataset.pandas import PandasDataset
+
+    batcher = PandasDataset.initialize_batcher
+    source = inspect.getsource(getattr(batcher, "_ftpipe_original", batcher))
+    return "DistributedSampler(" in source and "length" not in source.replace("len(self)", "").lower()
+
+
+def row_token_counts(dataset) -> "np.ndarray":
+    """Tokens of each row: non-zero ids summed over the dataset's token-id columns (pad id 0 never occurs in text)."""
+    import numpy as np
+
+    total = np.zeros(len(dataset), dtype=np.int64)
+    for name in dataset.features:
+        column = dataset.dataset.get(name)
+        if column is None:
+            continue
+        ids = np.asarray(column.tolist() if column.dtype == object else column)
+        if ids.ndim == 2 and np.issubdtype(ids.dtype, np.integer):
+            total += np.count_nonzero(ids, axis=1)
+    return total
+
+
+class LengthGroupedSampler:
+    """Ludwig's DistributedSampler interface (iter, len, set_epoch), yielding length-grouped batches."""
+
+    def __init__(self, lengths, batcher, stock, group_batches: int | None):
+        import numpy as np
+
+        self.lengths, self.batcher, self.group_batches = np.asarray(lengths), batcher, group_batches
+        self.random_seed, self.num_replicas, self.rank = stock.random_seed, stock.num_replicas, stock.rank
+        self.num_samples, self.total_size, self.epoch = stock.num_samples, stock.total_size, stock.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def order(self) -> list[int]:
+        import numpy as np
+
+        rng = np.random.RandomState(self.random_seed + self.epoch)  # Ludwig's own draw for this epoch
+        perm = rng.permutation(len(self.lengths))
+        perm = np.concatenate([perm, perm[: self.total_size - len(perm)]])  # padded to split evenly, as Ludwig does
+        step = self.batcher.batch_size * self.num_replicas  # read now: Ludwig may change the batch size per epoch
+        size = step * self.group_batches if self.group_batches else len(perm)
+        batches = []
+        for start in range(0, len(perm), size):
+            group = perm[start:start + size]
+            group = group[np.argsort(-self.lengths[group], kind="stable")]  # equal lengths keep the random order
+            batches += [group[i:i + step] for i in range(0, len(group), step)]
+        rng.shuffle(batches)
+        # The batcher takes batch_size ids at a time from the flat list: a short batch in the middle would
+        # shift every later batch across group boundaries, so short ones go last.
+        batches = [b for b in batches if len(b) == step] + [b for b in batches if len(b) != step]
+        return [int(i) for b in batches for i in b]
+
+    def __iter__(self):
+        return iter(self.order()[self.rank:self.total_size:self.num_replicas])  # rank r's share, as Ludwig's
+
+
+def _patch_length_grouping() -> None:
+    import contextlib
+
+    from ludwig.data.dataset.pandas import PandasDataset
+
+    if hasattr(PandasDataset.initialize_batcher, "_ftpipe_original"):
+        return
+    original = PandasDataset.initialize_batcher
+
+    @contextlib.contextmanager
+    def initialize_batcher(self, *args, **kwargs):
+        with original(self, *args, **kwargs) as batcher:
+            shuffled = kwargs.get("should_shuffle", args[1] if len(args) > 1 else True)
+            # prefetching batchers (lazy image/audio columns) read the sampler in a thread: left alone
+            if _ACTIVE.group_by_length and shuffled and getattr(batcher, "_prefetch_size", 0) == 0:
+                batcher.sampler = LengthGroupedSampler(row_token_counts(self), batcher, batcher.sampler,
+                                                       _ACTIVE.group_batches)
+                batcher.sample_it = iter(batcher.sampler)
+            yield batcher
+
+    initialize_batcher._ftpipe_original = original
+    PandasDataset.initialize_batcher = initialize_batcher
+
+
+# --------------------------------------------------------------------------------------------
+# Speed-up 3 (issue 16): packing (`training.packing`). Upstream: `trainer.packing` exists only on
+# LLMTrainerConfig (schema/trainer.py:673-686); FineTuneTrainerConfig subclasses ECD's trainer
+# config, so a finetune config drops the key ("will be ignored"). Its packed path could not be used
+# anyway: it hands transformers a 3-D mask (5.x's sdpa_mask fails to expand it), packs only up to
+# global_max_sequence_length, keeps positions running across rows, and realigns targets row by row
+# against packs (utils/llm_utils.py:526-587), so labels would be wrong. Fix: register the fields on
+# the finetune trainer schema (plus packing_max_tokens, the pack width) and replace the packed
+# forward: rows (prompt + target + EOS) packed first-fit decreasing, position ids restarting at 0
+# per row, no attention mask and no cache, so transformers builds a block-diagonal causal mask from
+# the position ids (masking_utils.find_packed_sequence_indices). use_cache=False matters: with a
+# cache (the config default, created even in training) the detection is skipped and rows see each
+# other. Labels (target + EOS, -100 elsewhere) go to Ludwig's unchanged loss.
+# --------------------------------------------------------------------------------------------
+
+
+def finetune_trainer_drops_packing() -> bool:
+    """True while stock Ludwig's finetune trainer config has no `packing` field (speed-up 3)."""
+    from ludwig.schema.trainer import FineTuneTrainerConfig
+
+    return "packing" not in FineTuneTrainerConfig.model_fields  # the stock class itself is never changed
+
+
+def llm_packing_passes_3d_mask() -> bool:
+    """True while stock Ludwig's packed path builds its own [packs, L, L] mask instead of position ids (speed-up 3)."""
+    import inspect
+
+    from ludwig.utils import llm_utils
+
+    return "position_ids" not in inspect.getsource(llm_utils.generate_merged_ids_packed)
+
+
+def _register_packing_fields() -> None:
+    from ludwig.config_validation.validation import get_schema
+    from ludwig.schema import utils as schema_utils
+    from ludwig.schema.trainer import FineTuneTrainerConfig, _llm_trainer_schema_registry, register_llm_trainer_schema
+
+    if "packing" in _llm_trainer_schema_registry["finetune"].model_fields:
+        return
+
+    @register_llm_trainer_schema("finetune")
+    class PackingFineTuneTrainerConfig(FineTuneTrainerConfig):
+        packing: bool = schema_utils.Boolean(default=False, description="Pack several rows into each sequence (ftpipe).")
+        packing_max_sequences_per_pack: int = schema_utils.PositiveInteger(default=8, description="Rows per pack at most.")
+        packing_max_tokens: int | None = schema_utils.PositiveInteger(
+            default=None, allow_none=True, description="Tokens per pack at most; null: global_max_sequence_length.")
+
+    get_schema.cache_clear()
+
+
+def pack_rows(prompts, targets, eos_id: int, width: int, max_rows: int):
+    """Left-padded prompt and target ids [B, *] -> (ids, position_ids, labels) [packs, W], right-padded with 0.
+
+    First-fit decreasing into packs of at most `width` tokens and `max_rows` rows (a longer row gets a pack of
+    its own); positions restart at 0 per row; labels are the target tokens and an EOS, -100 elsewhere.
+    """
+    import torch
+
+    rows = []
+    for p, t in zip(prompts, targets):
+        p, t = p[p != 0].long(), t[t != 0].long()  # pad id 0 never occurs in text (ftpipe's store)
+        rows.append((p, torch.cat([t, t.new_tensor([eos_id])])))
+    packs: list[list] = []
+    for row in sorted(rows, key=lambda r: -(len(r[0]) + len(r[1]))):
+        n = len(row[0]) + len(row[1])
+        pack = next((k for k in packs if sum(len(p) + len(t) for p, t in k) + n <= width and len(k) < max_rows), None)
+        if pack is None:
+            packs.append([row])
+        else:
+            pack.append(row)
+    w = max(sum(len(p) + len(t) for p, t in k) for k in packs)
+    ids = torch.zeros((len(packs), w), dtype=torch.long)
+    positions, labels = torch.zeros_like(ids), torch.full_like(ids, IGNORE_INDEX)
+    for k, pack in enumerate(packs):
+        at = 0
+        for p, t in pack:
+            n = len(p) + len(t)
+            ids[k, at:at + n] = torch.cat([p, t])
+            positions[k, at:at + n] = torch.arange(n)
+            labels[k, at + len(p):at + n] = t
+            at += n
+        positions[k, at:] = torch.arange(w - at)  # the tail padding is a block of its own, with no labels
+    return ids, positions, labels
+
+
+def _patch_packed_forward() -> None:
+    from ludwig.constants import LOGITS, PREDICTIONS, USED_TOKENS
+    from ludwig.models.llm import LLM
+
+    if hasattr(LLM.forward, "_ftpipe_unpacked"):
+        return
+    unpacked_forward, unpacked_align = LLM.forward, LLM._update_target_tensor_for_finetuning
+
+    def forward(self, inputs, mask=None):
+        import torch
+
+        trainer = getattr(self.config_obj, "trainer", None)
+        input_ids, target_ids = self._unpack_inputs(inputs)
+        self._ftpipe_packed_labels = None
+        if not (getattr(trainer, "packing", False) and self.training and target_ids is not None):
+            return unpacked_forward(self, inputs, mask)
+        ids, positions, labels = pack_rows(input_ids, target_ids, self.tokenizer.eos_token_id,
+                                           getattr(trainer, "packing_max_tokens", None) or self.global_max_sequence_length,
+                                           getattr(trainer, "packing_max_sequences_per_pack", 8))
+        device = input_ids.device
+        self.model_inputs, self.attention_masks = ids.to(device), torch.ones_like(ids, device=device)
+        self._ftpipe_packed_labels = labels.to(device)
+        logits = self.model(input_ids=self.model_inputs, position_ids=positions.to(device), use_cache=False).get(LOGITS)
+        # what LLM.forward returns after predictions(), less the probabilities (speed-up 1b)
+        return {LOGITS: logits.float(), PREDICTIONS: torch.argmax(logits.detach(), -1),
+                USED_TOKENS: int((ids != 0).sum())}
+
+    def align(self, targets, predictions, of_name):
+        labels = getattr(self, "_ftpipe_packed_labels", None)
+        if labels is None:
+            return unpacked_align(self, targets, predictions, of_name)
+        targets[of_name] = labels  # as upstream, the caller's dict is updated in place
+        return targets
+
+    forward._ftpipe_unpacked = unpacked_forward
+    forward._ftpipe_original = getattr(unpacked_forward, "_ftpipe_original", unpacked_forward)  # stock, for detectors
+    LLM.forward = forward
+    LLM._update_target_tensor_for_finetuning = align
+
+
+# --------------------------------------------------------------------------------------------
+# Speed-up 4 (issue 16): `training.precision: bf16`. Ludwig 0.17's only mixed precision is fp16 AMP
+# on CUDA (trainers/trainer.py: `torch.amp.autocast("cuda")` with a GradScaler); on CPU it trains fp32.
+# Fix: autocast the trainer's forward pass (model forward + loss) to bf16. The backward runs outside
+# the context, as PyTorch recommends; bf16 needs no GradScaler; Ludwig casts the logits to fp32
+# before the loss; master weights and AdamW stay fp32. Validation passes stay fp32.
+# --------------------------------------------------------------------------------------------
+
+
+def ludwig_has_no_bf16_training() -> bool:
+    """True while stock Ludwig's trainer autocasts only to CUDA fp16 (speed-up 4)."""
+    import inspect
+
+    from ludwig.trainers.trainer import Trainer
+
+    return "bfloat16" not in inspect.getsource(Trainer)
+
+
+def bf16_unsupported(device: str) -> str | None:
+    """Why bf16 autocast cannot run fast on `device` ("cpu" or "cuda"), or None when it can."""
+    import torch
+
+    if device.startswith("cuda"):
+        return None if torch.cuda.is_bf16_supported() else "this GPU has no bf16 support"
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():  # without AVX512-BF16 or AMX, bf16 is emulated: slower
+        return "this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 would be slower than fp32"
+    return None
+
+
+def enable_bf16_autocast(trainer) -> None:
+    """Run `trainer._forward_pass` under bf16 autocast (idempotent).
+
+    Raises:
+        TrainError: The device has no native bf16.
+    """
+    import torch
+
+    if getattr(trainer, "_ftpipe_bf16", False):
+        return
+    device = "cuda" if str(trainer.device).startswith("cuda") else "cpu"
+    why = bf16_unsupported(device)
+    if why:
+        raise TrainError(f"training.precision bf16: {why}", hint="use precision auto (fp32 on CPU)")
+    original = trainer._forward_pass
+
+    def forward_pass(*args, **kwargs):
+        with torch.autocast(device, dtype=torch.bfloat16):
+            return original(*args, **kwargs)
+
+    trainer._forward_pass = forward_pass
+    trainer._ftpipe_bf16 = True

@@ -21,6 +21,7 @@ from ftpipe.errors import TrainError
 from ftpipe.files import read_jsonl, replace_folder, write_json_atomic
 from ftpipe.spec import PipelineSpec, QloraAdapter
 from ftpipe.training import ludwig_compat
+from ftpipe.training.compile import step_options
 
 
 LOSS_LOG = "loss.jsonl"
@@ -80,7 +81,8 @@ def train(config: dict, frame, run_dir: Path, spec: PipelineSpec, *, device: str
                     spec.preference.loss, spec.preference.beta, preference_separator_id(config["base_model"])))
             model, stats, saved = ludwig_compat.train_model(
                 config, frame, train_dir, seed=spec.training.seed, resume=resume,
-                callbacks=callbacks, quantized=isinstance(spec.adapter, QloraAdapter), save_model=not head)
+                callbacks=callbacks, quantized=isinstance(spec.adapter, QloraAdapter), save_model=not head,
+                options=ludwig_compat.StepOptions(**step_options(spec)))
     finally:
         reporter.close()
         losses.close()
