@@ -346,6 +346,20 @@ def test_lean_training_keeps_the_loss_log_and_the_training_curve(tiny_llama_dir,
     assert math.isfinite(stats["validation"]["combined"]["loss"][-1])
 
 
+def test_upstream_cannot_resume_a_finished_training():
+    """While this holds, a run killed after its training ended takes the saved model (finished_training) instead."""
+    assert ludwig_compat.resuming_a_finished_training_fails()
+
+
+def test_a_finished_training_is_recorded_with_its_statistics(tiny_llama_dir, tmp_path):
+    config = compile_spec(tiny_spec(max_steps=2, batch_size=2),
+                          CompileContext(base_model=str(tiny_llama_dir), max_prompt_tokens=64, max_target_tokens=4))
+    assert ludwig_compat.finished_training(tmp_path) is None
+    _, stats, saved = ludwig_compat.train_model(config, route_frame(8, validation=2), tmp_path, seed=0)
+    finished = ludwig_compat.finished_training(tmp_path)
+    assert finished == (stats, saved) and ludwig_compat.adapter_folder(saved) is not None
+
+
 def test_upstream_batcher_has_no_length_grouping():
     """Speed-up 2 (length-grouped batches) replaces Ludwig's sampler while this holds."""
     assert ludwig_compat.batcher_has_no_length_grouping()

@@ -275,11 +275,46 @@ def train_model(config: dict[str, Any], frame, output_dir: Path, *, seed: int, r
     finally:
         _ACTIVE = previous
     saved = output_dir / "model"
-    if save_model and (backend is None or backend.is_coordinator()):  # distributed: only rank 0 writes (issue 9)
-        model.save(str(saved))
     stats_file = experiment_folder(output_dir) / "training_statistics.json"
     stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
+    if save_model and (backend is None or backend.is_coordinator()):  # distributed: only rank 0 writes (issue 9)
+        model.save(str(saved))
+        from ftpipe.files import write_json_atomic
+
+        write_json_atomic(saved / FINISHED_RECORD, {"statistics": stats})  # last: the saved model is complete
     return model, stats, saved
+
+
+FINISHED_RECORD = "ftpipe_finished.json"
+
+
+def resuming_a_finished_training_fails() -> bool:
+    """Upstream detector: Trainer.train assigns `has_nan_or_inf_tensors` only inside its epoch loop and reads
+    it after, so resuming a checkpoint whose training is done raises UnboundLocalError."""
+    import inspect
+
+    import_ludwig()
+    from ludwig.trainers.trainer import Trainer
+
+    source = inspect.getsource(Trainer.train)
+    loop = source.index("while progress_tracker.steps < self.total_steps")
+    first = source.find("has_nan_or_inf_tensors")
+    return first > loop and "has_nan_or_inf_tensors = False" not in source[:loop]
+
+
+def finished_training(output_dir: Path) -> tuple[dict, Path] | None:
+    """(statistics, saved model folder) when a training in `output_dir` ran to its end and its model was saved.
+
+    A run killed after that (while its adapter was copied into the run folder) must not train again:
+    Ludwig 0.17 cannot resume a training whose last epoch is done (its loop never runs and it fails
+    with UnboundLocalError 'has_nan_or_inf_tensors'), and there is nothing left to train anyway.
+    """
+    saved = output_dir / "model"
+    try:
+        record = json.loads((saved / FINISHED_RECORD).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record.get("statistics", {}), saved
 
 
 def export_full_weights(model, out: Path) -> None:

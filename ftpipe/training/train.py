@@ -65,8 +65,14 @@ def train(config: dict, frame, run_dir: Path, spec: PipelineSpec, *, device: str
 
     callback, model, exported = None, None, None  # exported: distributed full fine-tuning, rank 0 wrote the weights
     head = config["model_type"] == "ecd"  # method classification_head
+    finished = ludwig_compat.finished_training(train_dir) if resume and not head else None
     try:
-        if spec.compute.distributed.strategy != "none":
+        if finished is not None:  # killed after training ended (while placing the model): only the export is left
+            stats, saved = finished
+            console.log("  training had finished before the run was stopped; using its saved model")
+            if ludwig_compat.adapter_folder(saved) is None:
+                model = ludwig_compat.load_model(saved)  # full weights are exported from the model
+        elif spec.compute.distributed.strategy != "none":
             from ftpipe.training import distributed
 
             result = distributed.train_distributed(
