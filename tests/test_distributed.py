@@ -215,6 +215,7 @@ def _final_training_loss(run_dir: Path) -> float:
     return json.loads((run_dir / "training_statistics.json").read_text())["training"]["combined"]["loss"][-1]
 
 
+@pytest.mark.slow  # two real training processes; the spec, launch and strategy tests run by default
 def test_two_processes_make_the_same_run_as_one(tiny_llama_dir, tmp_path, capsys):
     from ftpipe.lifecycle import run_pipeline
 

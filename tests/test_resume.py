@@ -19,31 +19,40 @@ from ftpipe.training.ludwig_compat import CHECKPOINT_RECORD, checkpoint_state, r
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "tests" / "fixtures" / "specs" / "tiny_lora.yaml"
-ARGS = ["--no-eval", "--set", "training.epochs=3", "--set", "training.checkpoints_per_epoch=1",
+ARGS = ["--no-eval", "--set", "training.epochs=2", "--set", "training.checkpoints_per_epoch=1",
         "--set", "training.evaluate_during_training=false"]
 
 
-def ftpipe(*args: str, cwd: Path, **kw) -> subprocess.Popen:
+def ftpipe(*args: str, cwd: Path, extra_env: dict | None = None, **kw) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "FTPIPE_FAULT"} | {"PYTHONPATH": str(ROOT)} | (extra_env or {})
     return subprocess.Popen([sys.executable, "-m", "ftpipe", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, **kw)
+                            stderr=subprocess.STDOUT, text=True, env=env, **kw)
 
 
-def killed_run(work: Path, runs: Path, until) -> Path:
-    """Start a run, SIGKILL its whole process group once `until(runs)` holds, return its folder."""
-    proc = ftpipe("run", str(work / "tiny_lora.yaml"), "--runs-dir", str(runs), *ARGS, cwd=work, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not until(runs):
-        assert proc.poll() is None, proc.communicate()[0][-2000:]
-        assert time.monotonic() < deadline, "the run never reached the point to kill it at"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+def killed_run(work: Path, runs: Path, until=None) -> Path:
+    """Start a run and SIGKILL it, return its folder.
+
+    With `until`, the whole process group is killed from outside once `until(runs)` holds; without,
+    the run kills itself right after its first checkpoint (`FTPIPE_FAULT=train:step`: the first step
+    of the second epoch). Polling for the checkpoint and killing from outside raced the next save on
+    a fast machine, so the kill found a half-written checkpoint, which ftpipe rightly refused.
+    """
+    fault = {} if until else {"FTPIPE_FAULT": "train:step"}
+    proc = ftpipe("run", str(work / "tiny_lora.yaml"), "--runs-dir", str(runs), *ARGS, cwd=work, start_new_session=True,
+                  extra_env=fault)
+    if until is None:
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == -signal.SIGKILL, out[-2000:]
+    else:
+        deadline = time.monotonic() + 300
+        while not until(runs):
+            assert proc.poll() is None, proc.communicate()[0][-2000:]
+            assert time.monotonic() < deadline, "the run never reached the point to kill it at"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     [(run_dir, manifest)] = [(d, m) for d, m in list_runs(runs) if m.status == "running"]
     return run_dir
-
-
-def checkpointed(runs: Path) -> bool:
-    return bool(list(runs.glob(f"*/*/training/_ludwig/experiment_run/model/{CHECKPOINT_RECORD}")))
 
 
 def training_started(runs: Path) -> bool:
@@ -65,7 +74,7 @@ def job(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_changed_data_starts_a_new_run_instead_of_resuming(tmp_path, tiny_llama_dir):
     work, runs = job(tmp_path)
-    old = killed_run(work, runs, checkpointed)
+    old = killed_run(work, runs)
     data = work.parent / "data" / "colors.jsonl"
     data.write_text(data.read_text() + json.dumps({"question": "What color is fresh snow?", "color": "white"}) + "\n")
     out = rerun(work, runs)
@@ -76,7 +85,7 @@ def test_changed_data_starts_a_new_run_instead_of_resuming(tmp_path, tiny_llama_
 
 def test_a_partly_written_checkpoint_is_detected_and_not_resumed(tmp_path, tiny_llama_dir):
     work, runs = job(tmp_path)
-    old = killed_run(work, runs, checkpointed)
+    old = killed_run(work, runs)
     weights = old / "training/_ludwig/experiment_run/model/training_checkpoints/latest.ckpt.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a save cut short
     assert checkpoint_state(old / "training")[0] == "partial"
@@ -87,7 +96,7 @@ def test_a_partly_written_checkpoint_is_detected_and_not_resumed(tmp_path, tiny_
 
 def test_a_complete_checkpoint_is_resumed_in_its_own_folder(tmp_path, tiny_llama_dir):
     work, runs = job(tmp_path)
-    old = killed_run(work, runs, checkpointed)
+    old = killed_run(work, runs)
     step = json.loads((old / f"training/_ludwig/experiment_run/model/{CHECKPOINT_RECORD}").read_text())["step"]
     out = rerun(work, runs)
     assert "resuming interrupted run" in out and "(resuming its checkpoint)" in out

@@ -10,6 +10,8 @@ judges the gates again.
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import random
@@ -147,6 +149,7 @@ def test_four_retraining_cycles_keep_test_sets_stable_and_promote_only_on_eviden
     assert promoted_run("cycle", runs) == run_dirs[0]
 
 
+@pytest.mark.slow  # test_gates.py pins the no-gates rule in the default run
 def test_no_gates_no_promotion_and_no_eval_runs_are_never_promoted_or_unchanged(tmp_path, tiny_llama_dir):
     work, runs = tmp_path / "job", tmp_path / "runs"
     work.mkdir()

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ftpipe.lifecycle import history
 from ftpipe.errors import EXIT_GATE_FAILED, EXIT_LOCKED
 from ftpipe.lifecycle.runs import list_runs, promoted_run
@@ -29,6 +31,7 @@ def run(*args: str) -> tuple[int, str]:
     return proc.returncode, out
 
 
+@pytest.mark.slow  # 2 minutes; test_retraining.py plays four gated cycles in the default run
 def test_schedule_promotes_skips_refuses_and_rolls_back(tmp_path, tiny_llama_dir, isolated_history):
     work, runs = tmp_path / "job", tmp_path / "runs"
     shutil.copytree(FIXTURE, work)
