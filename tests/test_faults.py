@@ -9,7 +9,8 @@
 - the promoted pointer names a complete succeeded run, or nothing;
 - the history database agrees with the run folders.
 
-One case runs by default; the whole matrix is `make test-slow` (docs/reliability.md has the counts).
+The whole matrix is `make test-slow` (docs/reliability.md has the counts); tests/test_resume.py kills
+real runs in the default one.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ FIXTURES = ROOT / "tests" / "fixtures"
 OVERRIDES = ["--set", "training.epochs=2", "--set", "training.checkpoints_per_epoch=1",
              "--set", "training.evaluate_during_training=false", "--set", "evaluation.max_items=8",
              "--set", "gates.max_forgetting=1.0"]
-DEFAULT = {"train:step"}  # the rest of the matrix: make test-slow
 
 
 def ftpipe(*args: str, cwd: Path, fault: str | None = None) -> subprocess.CompletedProcess:
@@ -84,7 +84,8 @@ def check_invariants(runs: Path) -> None:
         assert rows.get(run_dir.name) == manifest.status, (run_dir.name, rows.get(run_dir.name), manifest.status)
 
 
-@pytest.mark.parametrize("point", [pytest.param(p, marks=() if p in DEFAULT else pytest.mark.slow) for p in faults.POINTS])
+@pytest.mark.slow  # 1-2 minutes a case; tests/test_resume.py kills real runs in the default run
+@pytest.mark.parametrize("point", faults.POINTS)
 def test_kill_at_each_point_then_rerun(point, promoted_job, tmp_path):
     job = copy_job(promoted_job, tmp_path)
     before = promoted_run("tiny-lora", job / "runs")
