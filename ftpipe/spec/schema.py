@@ -76,6 +76,13 @@ class LmEvalSpec(Section):
         return self.task.endswith((".yaml", ".yml"))
 
 
+def source_shorthand(data: Any) -> Any:
+    """`source: path/to/file` means `source: {path: path/to/file}` (tasks and the self-generated replay pool)."""
+    if isinstance(data, dict) and isinstance(data.get("source"), str):
+        data = {**data, "source": {"path": data["source"]}}
+    return data
+
+
 class TaskSpec(Section):
     """One task: a data source, how rows become prompts and targets, and how outputs are scored."""
 
@@ -123,9 +130,7 @@ class TaskSpec(Section):
     @model_validator(mode="before")
     @classmethod
     def _source_shorthand(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("source"), str):
-            data = {**data, "source": {"path": data["source"]}}
-        return data
+        return source_shorthand(data)
 
     @model_validator(mode="after")
     def _conversation_fits(self) -> TaskSpec:
@@ -220,9 +225,7 @@ class SelfGeneratedReplaySpec(Section):
     @model_validator(mode="before")
     @classmethod
     def _source_shorthand(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("source"), str):
-            data = {**data, "source": {"path": data["source"]}}
-        return data
+        return source_shorthand(data)
     prompt: str = Field("{{ instruction }}", description="Jinja template of each prompt from a pool row.")
     name: str = Field("self_replay", pattern=NAME_PATTERN, description="Task name of the replay rows in reports.")
     chat_template: bool = Field(True, description="Wrap prompts in the base model's chat template.")
