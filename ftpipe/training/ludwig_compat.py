@@ -1065,6 +1065,7 @@ def _patch_shifted_label_loss() -> None:
 def make_lean(trainer) -> None:
     """Speed-up 1a and 1b on one trainer (from a callback's on_trainer_train_setup; idempotent)."""
     import torch
+    from ludwig.constants import MODEL_LLM
     from ludwig.features.sequence_feature import _SequencePredict
     from ludwig.utils import output_feature_utils
 
@@ -1086,9 +1087,11 @@ def make_lean(trainer) -> None:
             trainer.model.eval_loss_metric.update(last_loss[0])
             trainer.model.eval_additional_losses_metrics.update(0.0)
 
+    model = trainer.model
+    if model.type() != MODEL_LLM:
+        return  # an ECD head's metrics are cheap, and skipping them leaves roc_auc with no samples (a logged traceback)
     trainer._forward_pass = forward_pass
     trainer._update_training_metrics = update_training_metrics
-    model = trainer.model
     for feature in model.output_features.values():
         predict = feature.prediction_module
         if not isinstance(predict, _SequencePredict) or getattr(predict, "_ftpipe_lean", False):
