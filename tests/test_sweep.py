@@ -236,3 +236,23 @@ def test_validate_and_help_of_the_new_commands_import_no_optuna_or_torch():
             "heavy = [m for m in ('optuna', 'torch', 'ludwig', 'transformers', 'peft') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+_OPEN_AT = """
+import sys, time
+from ftpipe.lifecycle.sweep import optuna_storage
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+optuna_storage(sys.argv[1], 60)
+"""
+
+
+def test_workers_that_start_together_on_a_new_database_all_open_it(tmp_path):
+    """Two workers started at once raced to create the tables; the loser died with 'table studies already exists'."""
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    start = time.time() + 4  # after every process has imported optuna
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT, url, str(start)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(4)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs

@@ -28,6 +28,7 @@ import itertools
 import json
 import os
 import platform
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,16 +237,30 @@ def sweep_folder(spec_name: str, study: str, root: Path | None = None) -> Path:
     return pipeline_dir(spec_name, root) / SWEEPS / study
 
 
+STORAGE_ATTEMPTS = 5
+
+
 def optuna_storage(url: str, heartbeat_s: int):
     """Optuna storage at `url` with a heartbeat, so trials of a dead worker are found and queued again."""
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are experimental
-    return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
-                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+    for attempt in range(STORAGE_ATTEMPTS):
+        try:
+            return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+        except (OperationalError, IntegrityError) as e:
+            # Workers started together on a new database race to create its tables; the loser fails with
+            # "table ... already exists" (optuna/optuna#4621). Once the winner is done, the schema is there.
+            lost_the_race = "already exists" in str(e) or "UNIQUE constraint" in str(e)
+            if not lost_the_race or attempt == STORAGE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def _sampler(kind: str, space: dict[str, SweepParam], seed: int):
