@@ -10,8 +10,9 @@ Generation (ticket_routing and order_extraction, the first ITEMS items each, the
 stop strings): `generate(batch_size=16)` with reuse_kv=True (the shared prompt prefix runs once per call, incl. that
 prefix forward) against reuse_kv=False (plain left-padded batches). Target: >= 1.5x; identical texts.
 
-Model: SmolLM2-135M-Instruct from the store if present, else tiny-llama; float32 (--dtype) on the CPU, one torch
-thread. Both variants set `reuse_kv` explicitly (it is on by default only in float32).
+Model: $BENCH_BASE_MODEL if set (run_all.py --quick: tiny-llama), else SmolLM2-135M-Instruct from the store if
+present, else tiny-llama; float32 (--dtype) on the CPU, one torch thread. Both variants set `reuse_kv` explicitly
+(it is on by default only in float32).
 Times are the thread's CPU time (time.thread_time), which a busy machine disturbs much less than wall time (wall
 time is recorded too); the variants alternate, ROUNDS rounds, medians compared.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -39,12 +41,13 @@ TARGETS = {"mc_cached_vs_plain_loop": 2.0, "generation_prefix_vs_plain_batched":
 def pick_model() -> tuple[str, str]:
     from ftpipe.models import store
 
-    for name in (store.SMOLLM2, store.TINY_LLAMA):
+    wanted = os.environ.get("BENCH_BASE_MODEL")  # run_all.py --quick sets tiny-llama
+    for name in ([wanted] if wanted else [store.SMOLLM2, store.TINY_LLAMA]):
         try:
             return name, str(store.pull(name))  # a no-op when the store has it
         except Exception as exc:  # noqa: BLE001 - no network: try the next one
             log(f"{name} not available: {exc}")
-    raise SystemExit("neither smollm2-135m-instruct nor tiny-llama is in the store")
+    raise SystemExit("no model: neither $BENCH_BASE_MODEL nor smollm2-135m-instruct / tiny-llama is in the store")
 
 
 def demo_tasks(model_name: str, base: str, n: int) -> tuple[dict, dict, list[str] | None]:

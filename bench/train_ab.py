@@ -1,60 +1,71 @@
-"""Training throughput: `ftpipe run` (Ludwig) against a plain transformers + PEFT loop, A/B alternated.
+"""Training throughput (issue 16): `ftpipe run` (Ludwig) against a plain transformers + PEFT loop, A/B alternated.
 
-Both sides train the same LoRA job: SmolLM2-135M-Instruct, the same training rows (the demo spec with
-48 rows per task = 96 rows, one epoch of 12 steps at batch 8), LoRA r/alpha/dropout/target modules
-as Ludwig resolved them, AdamW at the same lr with the same warmup + linear decay, loss on target
-tokens (+ EOS) only, fp32 on CPU, same torch thread count.
+Every side trains the same LoRA job: SmolLM2-135M-Instruct, the same training rows (the demo spec with 48 rows
+per task = 96 rows, one epoch of 12 steps at batch 8), LoRA r/alpha/dropout/target modules as Ludwig resolved
+them, AdamW at the same lr with the same warmup + linear decay, global gradient-norm clipping at 0.5 (Ludwig's
+default), loss on target tokens (+ EOS) only, fp32 weights on CPU, the same torch thread count.
 
-Each trial runs in its own process. What is timed, on both sides: the wall time between the end of
-training step `warmup` and the end of the last step (every step after the warm-up ones), i.e.
-everything a training loop does per step (batching, forward, loss, metrics, backward, optimizer,
-scheduler, logging), and none of the set-up (imports, preprocessing, model load) or saving.
-Real tokens = non-padding tokens of the batches in that window; tokens/s = real tokens / seconds.
-Padding share = padding / (batch x longest row) over the whole epoch.
+Sides (SIDES; each trial runs in its own process, the driver alternates them and reports medians):
+  ftpipe                  `run_pipeline(demo.yaml, overrides, evaluate=False)` as shipped: length-grouped
+                          batches (training.group_by_length, groups of 8 batches), lean steps, fp32.
+  reference-same-batches  the plain loop (`run_reference_side`) fed exactly ftpipe's batches: the first ftpipe
+                          trial records every batch (token ids, in order) and every step's learning rate, this
+                          side replays them.
+  reference-ungrouped     the plain loop fed Ludwig-style random batches of the same rows: the seeded permutation
+                          Ludwig's sampler draws without length grouping, cut into batches of 8, same rates (with
+                          ftpipe-ungrouped in the run, `reference_ungrouped_matches_ludwig` checks they are
+                          Ludwig's own batches: same row lengths in the same order; true on the tiny model).
+  ftpipe-packed           ftpipe with training.packing=true and packing_max_tokens=PACK_TOKENS, so a batch of 8
+                          demo rows (73-110 tokens) fits one pack (at the default width, the longest prompt +
+                          target, no two demo rows fit together and nothing would be packed).
+  ftpipe-bf16             ftpipe with training.precision=bf16 (bf16 autocast of the training forward); skipped
+                          when the CPU has no native bf16 (AVX512-BF16 or AMX).
+  ftpipe-ungrouped        ftpipe with training.group_by_length=false (Ludwig's random batches); not run by
+                          default (`--extra-sides ftpipe-packed,ftpipe-bf16,ftpipe-ungrouped`).
 
-The first ftpipe trial records the exact batches Ludwig formed (token ids, in order) and the learning
-rate of every step; the reference trials replay exactly those batches and rates (and clip the global
-gradient norm at 0.5, Ludwig's default), so both sides see the same rows in the same order with the same
-padding. Check: with full fine-tuning (no dropout) on the tiny Llama, the reference's losses equal
-Ludwig's to 4 decimals at every step; with LoRA they agree at step 1 and then differ by dropout noise.
+Targets (the driver's `targets`; ratios of median real tokens/s, never a timed test):
+  ftpipe / reference-ungrouped >= 1.05; ftpipe / reference-same-batches >= 0.95; ftpipe-bf16 / ftpipe >= 1.3;
+  real tokens >= 97% of each of ftpipe's (grouped) batches and >= 99% of each ftpipe-packed batch.
 
-Variants (the driver runs ftpipe, reference, ftpipe-grouped-lean, reference-grouped by default):
-  ftpipe               `run_pipeline(demo.yaml, overrides, evaluate=False)`, as shipped.
-  reference            plain loop, Ludwig's batches (random order, padded to the longest row).
-  reference-grouped    plain loop, the same rows sorted by length into batches (batch order shuffled).
-  ftpipe-grouped       PROTOTYPE, not shipped: ftpipe with the training frame pre-ordered into
-                       length-sorted batches and Ludwig's `trainer.should_shuffle: false`, done by
-                       patching ftpipe.data.training_frame and ftpipe.compile.compile_spec in this
-                       process only: what length grouping gives inside Ludwig. Its batches are
-                       exactly reference-grouped's.
-  ftpipe-lean          PROTOTYPE: ftpipe with Ludwig's per-step training metrics switched off
-                       (`trainer._update_training_metrics` replaced by a no-op from a callback).
-  ftpipe-grouped-lean  both prototypes together.
+Timed, on every side: the wall time between the end of training step WARMUP_STEPS and the end of the last step,
+i.e. everything a training loop does per step (batching, forward, loss, backward, optimizer, scheduler, logging)
+and none of the set-up (imports, preprocessing, model load) or saving. Real tokens = non-padding tokens of the
+batches in that window; tokens/s = real tokens / seconds. A batch's real-token share = real / (rows x longest
+row), for a packed batch real / (packs x widest pack); reported over the epoch and for its worst batch.
+
+Compute: training FLOPs = 6 * N * real tokens, with N = the weights of every nn.Linear a token passes through
+(attention and MLP projections and the LM head, which SmolLM2 ties to its embedding; not the embedding lookup,
+norms, LoRA's small A/B matrices or attention scores). 6N is the usual full forward + backward estimate; a LoRA
+step does less (frozen weights get no weight gradient: about 4N), so the shares compare sides rather than measure
+utilisation. Peak: after the trials the driver times back-to-back torch.matmul of two 2048 x 2048 matrices with
+the trials' torch thread count, fp32 and (when the CPU has native bf16) bf16, best of 3 one-second windows; every
+side's GFLOP/s is given as a share of each peak.
 
 Worker:  python bench/train_ab.py --side ftpipe --out trial.json [--record-batches b.json]
-Driver:  python bench/train_ab.py --driver [--rounds 3]   (writes bench/results/training.json)
+Driver:  python bench/train_ab.py --driver [--rounds 3] [--extra-rounds 2]   (writes bench/results/training.json)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
-import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEMO_SPEC, RESULTS, log, median, run_json_subprocess, write_result  # noqa: E402
+from common import DEMO_SPEC, log, median, run_json_subprocess, write_result  # noqa: E402
 
 ROWS_PER_TASK = 48
 BATCH_SIZE = 8  # the demo's
 STEPS = 12  # = one epoch of 96 rows at batch 8
 WARMUP_STEPS = 2  # not timed
 PAD_ID = 0  # ftpipe's stored tokenizers pad with <|endoftext|> (id 0), which never occurs in text
+PACK_TOKENS = 1024  # >= 8 of the demo's longest rows (110 tokens): one pack per batch
 # BENCH_BASE_MODEL (a store name or a local HF folder; tiny-llama for smoke tests), BENCH_DEVICE (cpu or
 # cuda) and BENCH_ADAPTER (lora, full or qlora) change the job on both sides; bench/gpu.py sets them.
 BASE_MODEL = os.environ.get("BENCH_BASE_MODEL", "smollm2-135m-instruct")
@@ -62,6 +73,24 @@ DEVICE = os.environ.get("BENCH_DEVICE", "cpu")
 ADAPTER = os.environ.get("BENCH_ADAPTER", "lora")
 ADAPTER_OVERRIDES = {"lora": [], "full": ["adapter={type: full}"],
                      "qlora": ["adapter={type: qlora, r: 8, alpha: 16, bits: 4, compute_dtype: bfloat16}"]}
+
+SIDES: dict[str, list[str] | None] = {  # side -> its ftpipe overrides on top of overrides(); None: the plain loop
+    "ftpipe": [],
+    "reference-same-batches": None,
+    "reference-ungrouped": None,
+    "ftpipe-packed": ["training.packing=true", f"training.packing_max_tokens={PACK_TOKENS}"],
+    "ftpipe-bf16": ["training.precision=bf16"],
+    "ftpipe-ungrouped": ["training.group_by_length=false"],
+}
+CORE_SIDES = ("ftpipe", "reference-same-batches", "reference-ungrouped")  # every round
+EXTRA_SIDES = ("ftpipe-packed", "ftpipe-bf16")  # default extras, in the first `extra_rounds` rounds
+TARGETS = {  # name -> (what, minimum)
+    "ftpipe_over_reference_ungrouped": ("ratio", 1.05),
+    "ftpipe_over_reference_same_batches": ("ratio", 0.95),
+    "ftpipe_bf16_over_ftpipe": ("ratio", 1.3),
+    "real_token_share_grouped_each_batch": ("ftpipe", 0.97),
+    "real_token_share_packed_each_batch": ("ftpipe-packed", 0.99),
+}
 
 
 def overrides(steps: int) -> list[str]:
@@ -71,9 +100,20 @@ def overrides(steps: int) -> list[str]:
 
 
 def batch_stats(lengths_per_batch: list[list[int]]) -> dict:
+    """Real and computed tokens of batches given as real lengths per row (or per pack), each padded to its longest."""
     real = sum(sum(b) for b in lengths_per_batch)
     total = sum(len(b) * max(b) for b in lengths_per_batch)
-    return {"real_tokens": real, "padded_tokens": total, "padding_share": round(1 - real / total, 4) if total else None}
+    worst = min((sum(b) / (len(b) * max(b)) for b in lengths_per_batch), default=None)
+    return {"real_tokens": real, "padded_tokens": total, "padding_share": round(1 - real / total, 4) if total else None,
+            "worst_batch_real_share": None if worst is None else round(worst, 4)}
+
+
+def matmul_params(model) -> int:
+    """N of 6*N*tokens: the weights of every nn.Linear (LoRA's A and B excluded) in `model`."""
+    import torch
+
+    return sum(m.in_features * m.out_features for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and "lora_" not in name)
 
 
 def summarize_steps(step_ends: list[float], step_lengths: list[list[int]], warmup: int, components: dict | None = None) -> dict:
@@ -119,11 +159,14 @@ def _peak_memory_gib() -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**30, 3)
 
 
-def _timing_callback(record: dict, lean: bool = False):
-    """A Ludwig callback recording, per step: end time, batch lengths, ids (optional), component times."""
-    from ftpipe.training.ludwig_compat import import_ludwig
+def _timing_callback(record: dict):
+    """A Ludwig callback recording, per step: end time, real lengths per row (or pack), ids (optional), component times.
 
-    import_ludwig()
+    Added after ftpipe's own callbacks, so it times the step as ftpipe shaped it (lean, bf16 autocast, packing).
+    """
+    from ftpipe.training import ludwig_compat
+
+    ludwig_compat.import_ludwig()
     from ludwig.callbacks import Callback
 
     comps: dict[str, list[float]] = {k: [] for k in ("train_step", "forward_pass", "hf_model_forward", "train_loss",
@@ -143,19 +186,21 @@ def _timing_callback(record: dict, lean: bool = False):
         def on_trainer_train_setup(self, trainer, save_path, is_coordinator, **kwargs):
             import torch
 
-            record["t_train_setup"] = time.perf_counter()
             record["torch_threads_in_trainer"] = torch.get_num_threads()
+            # what ftpipe applied around Ludwig in this run (StepOptions), read back from the trainer
+            record["step_options"] = {**dataclasses.asdict(ludwig_compat._ACTIVE),
+                                      "lean_applied": bool(getattr(trainer, "_ftpipe_lean", False)),
+                                      "bf16_applied": bool(getattr(trainer, "_ftpipe_bf16", False))}
             llm = trainer.model
-            record["hf_model_class"] = type(llm.model).__name__
-            record["attn_implementation"] = getattr(getattr(llm.model, "config", None), "_attn_implementation", None)
             hf = llm.model
+            record["hf_model_class"] = type(hf).__name__
+            record["attn_implementation"] = getattr(getattr(hf, "config", None), "_attn_implementation", None)
+            record["matmul_params"] = matmul_params(hf)
             hf.forward = timed("hf_model_forward", hf.forward)
             llm.train_loss = timed("train_loss", llm.train_loss)
             trainer._forward_pass = timed("forward_pass", trainer._forward_pass)
             trainer._backward_pass = timed("backward", trainer._backward_pass)
             trainer._optimizer_step = timed("optimizer_step", trainer._optimizer_step)
-            if lean:  # PROTOTYPE: skip Ludwig's per-step training metrics (ftpipe records the loss itself)
-                trainer._update_training_metrics = lambda *a, **kw: None
             trainer._update_training_metrics = timed("training_metrics", trainer._update_training_metrics)
             original = trainer.train_step
 
@@ -164,15 +209,11 @@ def _timing_callback(record: dict, lean: bool = False):
                 result = original(*a, **kw)
                 comps["train_step"].append(time.perf_counter() - t)
                 record["losses"].append(round(float(result[0].detach()), 4))
-                ids = llm.model_inputs.detach().cpu()
-                rows = []
-                for row in ids.tolist():
-                    start = next((j for j, tok in enumerate(row) if tok != PAD_ID), len(row))
-                    rows.append(row[start:])
-                record["lengths"].append([len(r) for r in rows])
-                record["widths"].append(int(ids.shape[1]))
+                ids = llm.model_inputs.detach().cpu()  # rows left-padded, or packs right-padded, with id 0
+                real = ids != PAD_ID
+                record["lengths"].append(real.sum(1).tolist())
                 if record["keep_ids"]:
-                    record["batches"].append(rows)
+                    record["batches"].append([row[keep].tolist() for row, keep in zip(ids, real)])
                 return result
 
             trainer.train_step = train_step
@@ -189,57 +230,24 @@ def _timing_callback(record: dict, lean: bool = False):
     return _Timing()
 
 
-def _install_grouping_patches(seed: int, batch_size: int) -> None:
-    """PROTOTYPE of length-grouped batching inside Ludwig (this process only; ftpipe is not changed).
-
-    Rows are sorted by token count and cut into batches, the batch order is shuffled (seeded), and
-    Ludwig is told not to shuffle (`trainer.should_shuffle: false`, a key the finetune trainer keeps),
-    so its sequential batcher forms exactly these batches.
-    """
-    import types
-
-    import ftpipe.training.compile as compile_mod
-    import ftpipe.data as data_mod
-
-    original_frame, original_compile = data_mod.training_frame, compile_mod.compile_spec
-
-    def grouped_frame(prepared):
-        train = [r for r in prepared.train_rows if r["split"] == "train"]
-        rest = [r for r in prepared.train_rows if r["split"] != "train"]
-        train.sort(key=lambda r: r["tokens"])
-        groups = [train[i: i + batch_size] for i in range(0, len(train), batch_size)]
-        random.Random(seed).shuffle(groups)
-        return original_frame(types.SimpleNamespace(train_rows=[r for g in groups for r in g] + rest))
-
-    def compile_no_shuffle(spec, ctx):
-        config = original_compile(spec, ctx)
-        config["trainer"]["should_shuffle"] = False
-        return config
-
-    data_mod.training_frame = grouped_frame
-    compile_mod.compile_spec = compile_no_shuffle
-
-
-def run_ftpipe_side(steps: int, record_batches: Path | None, grouped: bool, lean: bool = False) -> dict:
+def run_ftpipe_side(side: str, steps: int, record_batches: Path | None) -> dict:
     from ftpipe import console
-    from ftpipe.training import ludwig_compat
     from ftpipe.lifecycle import run_pipeline
+    from ftpipe.training import ludwig_compat
 
     console.quiet_libraries()
-    record = {"step_ends": [], "losses": [], "lrs": [], "lengths": [], "widths": [], "batches": [], "keep_ids": record_batches is not None}
-    callback = _timing_callback(record, lean=lean)
+    record = {"step_ends": [], "losses": [], "lrs": [], "lengths": [], "batches": [], "keep_ids": record_batches is not None}
+    callback = _timing_callback(record)
     original_train_model = ludwig_compat.train_model
 
     def train_model_with_timing(*a, callbacks=None, **kw):
         return original_train_model(*a, callbacks=[*(callbacks or []), callback], **kw)
 
     ludwig_compat.train_model = train_model_with_timing
-    if grouped:
-        _install_grouping_patches(seed=42, batch_size=BATCH_SIZE)
     root = Path(tempfile.mkdtemp(prefix="ftpipe-bench-runs-"))
     os.environ["FTPIPE_HISTORY_DB"] = str(root / "history.sqlite")  # keep the user's run history clean
     t0 = time.perf_counter()
-    result = run_pipeline(DEMO_SPEC, overrides(steps), root=root, evaluate=False)
+    result = run_pipeline(DEMO_SPEC, overrides(steps) + SIDES[side], root=root, evaluate=False)
     wall = time.perf_counter() - t0
     run_dir = result.run_dir
     progress = json.loads((run_dir / "training" / "_ludwig" / "experiment_run" / "model" / "training_progress.json").read_text())
@@ -250,24 +258,26 @@ def run_ftpipe_side(steps: int, record_batches: Path | None, grouped: bool, lean
     resolved = yaml.safe_load((run_dir / "ludwig_config.resolved.yaml").read_text())
     trainer_cfg = resolved["trainer"]
     out = summarize_steps(record["step_ends"], record["lengths"], WARMUP_STEPS, record["components"])
-    order_digest = hashlib.sha256(json.dumps(record["lengths"]).encode()).hexdigest()[:16]
     out.update({
-        "side": "ftpipe" + ("-grouped" if grouped else "") + ("-lean" if lean else ""),
+        "side": side,
+        "side_overrides": SIDES[side],
+        "step_options": record.get("step_options"),
         "run_dir": str(run_dir),
         "pipeline_wall_s": round(wall, 2),
         "stage_timings_s": result.manifest.timings,
         "setup_s_before_first_batch": round(record["t_first_batch_start"] - t0, 2),
         "torch_threads_in_trainer": record.get("torch_threads_in_trainer"),
         "attn_implementation": record.get("attn_implementation"),
+        "matmul_params": record.get("matmul_params"),
         "ludwig_steps": progress.get("steps"),
         "ludwig_total_tokens_used": progress.get("total_tokens_used"),
         "losses": record["losses"],
         "learning_rates": record["lrs"],
         "batch_lengths": record["lengths"],
-        "batch_order_digest": order_digest,
+        "batch_order_digest": hashlib.sha256(json.dumps(record["lengths"]).encode()).hexdigest()[:16],
         "lora": {k: adapter_cfg.get(k) for k in ("r", "lora_alpha", "lora_dropout", "target_modules", "bias")},
         "trainer": {**{k: trainer_cfg.get(k) for k in ("batch_size", "learning_rate", "should_shuffle", "train_steps", "epochs",
-                                                         "use_mixed_precision", "gradient_clipping")},
+                                                         "use_mixed_precision", "gradient_clipping", "packing", "packing_max_tokens")},
                     "optimizer": {k: trainer_cfg["optimizer"].get(k) for k in ("type", "betas", "eps", "weight_decay")},
                     "learning_rate_scheduler": {k: trainer_cfg["learning_rate_scheduler"].get(k) for k in ("decay", "warmup_fraction")}},
         "seed": result.manifest.seed,
@@ -307,37 +317,30 @@ def _demo_rows(tokenizer, base_path: str) -> list[dict]:
     return rows
 
 
-def reference_batches(rows: list[dict], recorded: dict | None, grouped: bool, steps: int, seed: int) -> tuple[list[list[dict]], dict]:
-    """Batches for the plain loop: Ludwig's recorded batches (mapped back to rows), or grouped by length."""
-    by_ids = {tuple(r["ids"]): r for r in rows}
+def reference_batches(rows: list[dict], recorded: dict | None, same: bool, steps: int, seed: int) -> tuple[list[list[dict]], dict]:
+    """Batches for the plain loop: ftpipe's recorded batches mapped back to rows, or Ludwig-style random ones."""
     info: dict = {}
-    if recorded is not None:
+    if same:
+        if recorded is None:
+            raise SystemExit("reference-same-batches replays an ftpipe trial's batches: pass --batches (see --record-batches)")
+        by_ids = {tuple(r["ids"]): r for r in rows}
         batches, missing = [], 0
         for b in recorded["batches"]:
             mapped = [by_ids.get(tuple(ids)) for ids in b]
             missing += sum(m is None for m in mapped)
             batches.append([m for m in mapped if m is not None])
         info["rows_not_matched_to_ludwig"] = missing
-        info["order"] = "ludwig's recorded batches"
-        used = [r for b in batches for r in b]
+        info["order"] = "ftpipe's recorded batches"
     else:
-        rng = random.Random(seed)
-        used = rows[:]
-        rng.shuffle(used)
-        batches = [used[i: i + BATCH_SIZE] for i in range(0, len(used), BATCH_SIZE)]
-        info["order"] = "seeded shuffle (no recorded batches)"
-    if grouped:
-        # Rows in prepare_data order, stably sorted by length, cut, then shuffled with the seed: the very
-        # batches the ftpipe-grouped prototype gives Ludwig (its sort key, row["tokens"], is this length).
-        used_ids = {id(r) for r in used}
-        srt = sorted([r for r in rows if id(r) in used_ids], key=lambda r: len(r["ids"]))
-        batches = [srt[i: i + BATCH_SIZE] for i in range(0, len(srt), BATCH_SIZE)]
-        random.Random(seed).shuffle(batches)
-        info["order"] = "same rows, sorted by length into batches, batch order shuffled"
+        import numpy as np
+
+        order = np.random.RandomState(seed).permutation(len(rows))  # Ludwig's sampler: a seeded permutation, cut
+        batches = [[rows[i] for i in order[j: j + BATCH_SIZE]] for j in range(0, len(rows), BATCH_SIZE)]
+        info["order"] = "Ludwig-style random batches: seeded permutation of the rows, no length grouping"
     return batches[:steps], info
 
 
-def run_reference_side(steps: int, batches_file: Path | None, grouped: bool) -> dict:
+def run_reference_side(side: str, steps: int, batches_file: Path | None) -> dict:
     import torch
     from ftpipe.models import store
     from ftpipe.console import quiet_libraries
@@ -355,7 +358,7 @@ def run_reference_side(steps: int, batches_file: Path | None, grouped: bool) -> 
     t0 = time.perf_counter()
     tokenizer = load_tokenizer(base_path)
     rows = _demo_rows(tokenizer, base_path)
-    batches, info = reference_batches(rows, recorded, grouped, steps, seed)
+    batches, info = reference_batches(rows, recorded, side == "reference-same-batches", steps, seed)
     torch.manual_seed(seed)
     load_kwargs: dict = {"dtype": torch.float32}
     if ADAPTER == "qlora":  # as Ludwig loads it: bitsandbytes 4-bit, compute dtype from the config
@@ -439,7 +442,7 @@ def run_reference_side(steps: int, batches_file: Path | None, grouped: bool) -> 
         lengths.append([len(r["ids"]) for r in batch])
         step_ends.append(time.perf_counter())
     out = summarize_steps(step_ends, lengths, WARMUP_STEPS, comps)
-    out.update({"side": "reference-grouped" if grouped else "reference", "setup_s": round(setup, 2), "batches": info,
+    out.update({"side": side, "setup_s": round(setup, 2), "batches": info, "matmul_params": matmul_params(model),
                 "torch_threads": torch.get_num_threads(), "losses": losses, "learning_rates": lrs, "grad_clip_global_norm": clip, "batch_lengths": lengths,
                 "attn_implementation": getattr(model.config, "_attn_implementation", None),
                 "lora": lora, "seed": seed, "device": DEVICE, "adapter": ADAPTER, "autocast_fp16": amp,
@@ -450,37 +453,68 @@ def run_reference_side(steps: int, batches_file: Path | None, grouped: bool) -> 
 # =============================================================================== driver
 
 
-def _same_grouped_batches(by_side: dict[str, list[dict]]) -> bool | None:
-    """Did the grouped ftpipe prototype and the grouped reference get batches of the same row lengths, in order?"""
-    ref = by_side.get("reference-grouped")
-    ft = next((by_side[s] for s in ("ftpipe-grouped-lean", "ftpipe-grouped") if s in by_side), None)
-    if not ref or not ft:
-        return None
-    return [sorted(b) for b in ref[0]["batch_lengths"]] == [sorted(b) for b in ft[0]["batch_lengths"]]
+def matmul_peak(dtype: str, threads: int, n: int = 2048, seconds: float = 1.0, windows: int = 3) -> float:
+    """FLOP/s of back-to-back torch.matmul on two n x n matrices: the best of `windows` windows of `seconds`."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = (torch.randn(n, n).to(getattr(torch, dtype)) for _ in range(2))
+    torch.matmul(a, b)  # warm-up
+    best = 0.0
+    for _ in range(windows):
+        k, t0 = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < seconds:
+            torch.matmul(a, b)
+            k += 1
+        best = max(best, 2 * n**3 * k / elapsed)
+    return best
 
 
-EXTRA_SIDES = ("ftpipe-grouped-lean", "reference-grouped")
+def native_bf16() -> bool:
+    import torch
+
+    return DEVICE == "cuda" or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def drive(rounds: int, steps: int, grouped_rounds: int | None = None, extra_sides: tuple[str, ...] = EXTRA_SIDES) -> dict:
-    """Alternate the sides in fresh processes: ftpipe, reference, *extra_sides, ... x rounds.
+def summarize_side(ts: list[dict], peaks: dict[str, float]) -> dict:
+    tok_s = median([t["real_tokens_per_s"] for t in ts])
+    flops = 6 * ts[0]["matmul_params"] * tok_s
+    comp_keys = ts[0].get("component_s_per_step", {}).keys()
+    return {
+        "trials": len(ts),
+        "real_tokens_per_s_median": tok_s,
+        "real_tokens_per_s_all": [t["real_tokens_per_s"] for t in ts],
+        "padded_tokens_per_s_median": median([t["padded_tokens_per_s"] for t in ts]),
+        "s_per_step_median": median([t["s_per_step"] for t in ts]),
+        "padding_share_epoch": ts[0]["epoch"]["padding_share"],
+        "real_token_share_epoch": round(1 - ts[0]["epoch"]["padding_share"], 4),
+        "real_token_share_worst_batch": ts[0]["epoch"]["worst_batch_real_share"],
+        "matmul_params": ts[0]["matmul_params"],
+        "gflops_6n": round(flops / 1e9, 2),
+        **{f"share_of_{k}_peak": round(flops / v, 4) for k, v in peaks.items()},
+        "component_s_per_step_median": {k: median([t["component_s_per_step"][k] for t in ts]) for k in comp_keys},
+    }
 
-    The first ftpipe trial records Ludwig's batches, which every reference trial then replays.
-    `grouped_rounds`: how many of the rounds also run the extra sides (default: all).
+
+def drive(rounds: int, steps: int, extra_rounds: int | None = None, extra_sides: tuple[str, ...] = EXTRA_SIDES) -> dict:
+    """Alternate the sides in fresh processes: CORE_SIDES, then *extra_sides in the first `extra_rounds` rounds.
+
+    The first ftpipe trial records its batches and learning rates, which every reference trial reads.
     """
     work = Path(tempfile.mkdtemp(prefix="ftpipe-bench-ab-"))
-    batches_file = work / "ludwig_batches.json"
+    batches_file = work / "ftpipe_batches.json"
     here = str(Path(__file__).resolve())
-    grouped_rounds = rounds if grouped_rounds is None else grouped_rounds
+    extra_rounds = rounds if extra_rounds is None else extra_rounds
+    skipped = {}
+    if "ftpipe-bf16" in extra_sides and not native_bf16():
+        skipped["ftpipe-bf16"] = "this CPU has no native bf16 (AVX512-BF16 or AMX)"
+        extra_sides = tuple(s for s in extra_sides if s != "ftpipe-bf16")
     trials: list[dict] = []
     t_start = time.perf_counter()
     for r in range(rounds):
-        plan = [("ftpipe", r == 0), ("reference", False)]
-        if r < grouped_rounds:
-            plan += [(side, False) for side in extra_sides]
-        for side, record in plan:
+        for side in CORE_SIDES + (extra_sides if r < extra_rounds else ()):
             args = [here, "--side", side, "--steps", str(steps)]
-            if record:
+            if side == "ftpipe" and r == 0:
                 args += ["--record-batches", str(batches_file)]
             elif side.startswith("reference"):
                 args += ["--batches", str(batches_file)]
@@ -489,80 +523,87 @@ def drive(rounds: int, steps: int, grouped_rounds: int | None = None, extra_side
             out["round"] = r + 1
             trials.append(out)
             log(f"  {side}: {out['real_tokens_per_s']:.0f} real tok/s, {out['s_per_step']:.2f} s/step, "
-                f"padding {out['epoch']['padding_share']:.1%}")
+                f"real tokens {1 - out['epoch']['padding_share']:.1%} (worst batch {out['epoch']['worst_batch_real_share']:.1%})")
     by_side: dict[str, list[dict]] = {}
     for t in trials:
         by_side.setdefault(t["side"], []).append(t)
-    sides = {}
-    for side, ts in by_side.items():
-        comp_keys = ts[0].get("component_s_per_step", {}).keys()
-        sides[side] = {
-            "trials": len(ts),
-            "real_tokens_per_s_median": median([t["real_tokens_per_s"] for t in ts]),
-            "real_tokens_per_s_all": [t["real_tokens_per_s"] for t in ts],
-            "padded_tokens_per_s_median": median([t["padded_tokens_per_s"] for t in ts]),
-            "s_per_step_median": median([t["s_per_step"] for t in ts]),
-            "padding_share_epoch": ts[0]["epoch"]["padding_share"],
-            "real_token_share_epoch": round(1 - ts[0]["epoch"]["padding_share"], 4),
-            "component_s_per_step_median": {k: median([t["component_s_per_step"][k] for t in ts]) for k in comp_keys},
-        }
-    def key(side: str) -> str:
-        return side.replace("-", "_")
+    threads = trials[0].get("torch_threads_in_trainer") or trials[0].get("torch_threads")
+    peaks: dict[str, float] = {}
+    if DEVICE == "cpu":  # bench/gpu.py has the GPU's own peak and MFU
+        log(f"matmul peak, {threads} threads")
+        peaks = {"fp32": matmul_peak("float32", threads), **({"bf16": matmul_peak("bfloat16", threads)} if native_bf16() else {})}
+    sides = {side: summarize_side(ts, peaks) for side, ts in by_side.items()}
 
-    ref = sides["reference"]["real_tokens_per_s_median"]
-    ratios = {f"{key(side)}_over_reference": round(v["real_tokens_per_s_median"] / ref, 3)
-              for side, v in sides.items() if side != "reference"}
-    for side, v in sides.items():
-        if side.startswith("ftpipe-") and "reference-grouped" in sides and "grouped" in side:
-            ratios[f"{key(side)}_over_reference_grouped"] = round(
-                v["real_tokens_per_s_median"] / sides["reference-grouped"]["real_tokens_per_s_median"], 3)
-        if side.startswith("ftpipe-"):
-            ratios[f"{key(side)}_over_ftpipe"] = round(v["real_tokens_per_s_median"] / sides["ftpipe"]["real_tokens_per_s_median"], 3)
-    digests = {t["batch_order_digest"] for t in by_side["ftpipe"]}
-    payload = {
+    def ratio(a: str, b: str) -> float | None:
+        if a not in sides or b not in sides:
+            return None
+        return round(sides[a]["real_tokens_per_s_median"] / sides[b]["real_tokens_per_s_median"], 3)
+
+    pairs = [("ftpipe", "reference-ungrouped"), ("ftpipe", "reference-same-batches"), ("ftpipe-bf16", "ftpipe"),
+             ("ftpipe-packed", "ftpipe"), ("ftpipe-ungrouped", "ftpipe"), ("reference-same-batches", "reference-ungrouped")]
+    ratios = {f"{a}_over_{b}".replace("-", "_"): ratio(a, b) for a, b in pairs if ratio(a, b) is not None}
+    targets = {}
+    for name, (what, minimum) in TARGETS.items():
+        value = ratios.get(name) if what == "ratio" else sides.get(what, {}).get("real_token_share_worst_batch")
+        targets[name] = {"value": value, "target": minimum, "met": None if value is None else value >= minimum}
+    ft, same = by_side["ftpipe"], by_side.get("reference-same-batches")
+    ung, ludwig_ung = by_side.get("reference-ungrouped"), by_side.get("ftpipe-ungrouped")
+    return {
         "what": "LoRA training throughput, ftpipe (Ludwig) vs a plain transformers+PEFT loop, alternated in fresh processes",
         "settings": {"spec": str(DEMO_SPEC.relative_to(DEMO_SPEC.parents[1])), "overrides": overrides(steps),
-                     "rows": 2 * ROWS_PER_TASK, "batch_size": BATCH_SIZE, "steps": steps, "warmup_steps_not_timed": WARMUP_STEPS,
-                     "rounds": rounds, "timed": "wall time from the end of the last warm-up step to the end of the last step",
-                     "lora": trials[0]["lora"], "trainer": trials[0]["trainer"], "seed": trials[0]["seed"],
-                     "dtype": "float32", "device": "cpu"},
+                     "side_overrides": {s: SIDES[s] for s in by_side}, "rows": 2 * ROWS_PER_TASK, "batch_size": BATCH_SIZE,
+                     "steps": steps, "warmup_steps_not_timed": WARMUP_STEPS, "rounds": rounds, "extra_rounds": extra_rounds,
+                     "timed": "wall time from the end of the last warm-up step to the end of the last step",
+                     "flops": "6 * matmul_params * real tokens (matmul_params: nn.Linear weights incl. the LM head, no LoRA A/B)",
+                     "matmul_peak": "torch.matmul 2048x2048, best of 3 one-second windows, after the trials",
+                     "lora": ft[0]["lora"], "trainer": ft[0]["trainer"], "seed": ft[0]["seed"],
+                     "weights": "float32", "device": DEVICE, "torch_threads": threads},
+        "matmul_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
+        "skipped_sides": skipped,
         "sides": sides,
         "ratios": ratios,
-        "targets": {"ftpipe_over_reference_min": 0.95, "real_token_share_min": 0.90},
-        "checks": {"ftpipe_trials_same_batch_order": len(digests) == 1,
-                   "grouped_batches_same_on_both_sides": _same_grouped_batches(by_side),
-                   "reference_rows_not_matched_to_ludwig": next((t["batches"].get("rows_not_matched_to_ludwig") for t in trials
-                                                                 if t["side"] == "reference"), None)},
+        "targets": targets,
+        "checks": {"ftpipe_trials_same_batch_order": len({t["batch_order_digest"] for t in ft}) == 1,
+                   "reference_same_batches_match_ftpipe": None if not same else
+                   [sorted(b) for b in same[0]["batch_lengths"]] == [sorted(b) for b in ft[0]["batch_lengths"]],
+                   "reference_rows_not_matched_to_ftpipe": None if not same else same[0]["batches"].get("rows_not_matched_to_ludwig"),
+                   "reference_ungrouped_matches_ludwig": None if not (ung and ludwig_ung) else
+                   ung[0]["batch_lengths"] == ludwig_ung[0]["batch_lengths"],
+                   "ftpipe_step_options": ft[0].get("step_options")},
         "wall_s": round(time.perf_counter() - t_start, 1),
         "trials": trials,
     }
-    return payload
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--side", choices=["ftpipe", "ftpipe-grouped", "ftpipe-lean", "ftpipe-grouped-lean", "reference", "reference-grouped"])
-    ap.add_argument("--driver", action="store_true", help="alternate all sides and write bench/results/training.json")
+    ap.add_argument("--side", choices=list(SIDES))
+    ap.add_argument("--driver", action="store_true", help="alternate the sides and write bench/results/training.json")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--grouped-rounds", type=int, default=None)
+    ap.add_argument("--extra-rounds", "--grouped-rounds", dest="extra_rounds", type=int, default=None,
+                    help="driver: rounds that also run the extra sides (default: all)")
+    ap.add_argument("--extra-sides", default=",".join(EXTRA_SIDES),
+                    help=f"driver: comma-separated sides run after {', '.join(CORE_SIDES)} (choices: {', '.join(s for s in SIDES if s not in CORE_SIDES)})")
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--record-batches", type=Path)
     ap.add_argument("--batches", type=Path)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--result-name", default="training", help="bench/results/<name>.json (driver)")
-    ap.add_argument("--extra-sides", default=",".join(EXTRA_SIDES), help="driver: comma-separated sides run after ftpipe, reference")
     a = ap.parse_args()
     if a.driver:
         extra = tuple(x for x in a.extra_sides.split(",") if x)
-        path = write_result(a.result_name, drive(a.rounds, a.steps, a.grouped_rounds, extra))
+        unknown = [x for x in extra if x not in SIDES or x in CORE_SIDES]
+        if unknown:
+            ap.error(f"--extra-sides: not an extra side: {', '.join(unknown)}")
+        path = write_result(a.result_name, drive(a.rounds, a.steps, a.extra_rounds, extra))
         log(f"wrote {path}")
         return
     if a.side is None or a.out is None:
         ap.error("--side and --out (or --driver)")
-    if a.side.startswith("ftpipe"):
-        out = run_ftpipe_side(a.steps, a.record_batches, grouped="grouped" in a.side, lean="lean" in a.side)
+    if SIDES[a.side] is None:
+        out = run_reference_side(a.side, a.steps, a.batches)
     else:
-        out = run_reference_side(a.steps, a.batches, grouped=a.side == "reference-grouped")
+        out = run_ftpipe_side(a.side, a.steps, a.record_batches)
     a.out.write_text(json.dumps(out, default=str))
 
 
