@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ftpipe.lifecycle.sweep import optuna_storage, pareto_front, recommend, render_frontier, sweep_markdown
+from ftpipe.lifecycle.sweep import optuna_storage, pareto_front, recommend, render_frontier, sweep_markdown, trial_rows
 
 TOLERANCE = 0.10
 
@@ -22,16 +22,8 @@ def trials_of(folder: Path, study: str, label: str) -> list[dict]:
     import optuna
 
     loaded = optuna.load_study(study_name=study, storage=optuna_storage(f"sqlite:///{folder / 'optuna.db'}", 60))
-    rows = []
-    for t in loaded.get_trials(deepcopy=False):
-        a = t.user_attrs
-        if t.state.name != "COMPLETE":
-            continue
-        rows.append({"state": "complete", "params": {"sweep": label, **t.params}, "run_dir": a.get("run_dir"),
-                     "run_id": a.get("run_id"), "host": a.get("host"), "error": None, "retry_of": None,
-                     **{k: a.get(k) for k in ("learning", "learning_ci", "forgetting", "forgetting_ci", "forgetting_task",
-                                              "gates_passed", "learned", "forgot")}})
-    return rows
+    done = [r for r in trial_rows(loaded) if r["state"] == "complete"]
+    return [{**r, "params": {"sweep": label, **r["params"]}} for r in done]
 
 
 def main() -> None:

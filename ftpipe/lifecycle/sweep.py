@@ -450,8 +450,8 @@ def run_sweep(spec_path: Path, params: list[str] | None = None, overrides: list[
     return SweepResult(folder=folder, report=report, promoted=promoted)
 
 
-def sweep_report(study: Any, loaded: LoadedSpec, max_forgetting: float | None) -> dict:
-    """The sweep's trials, Pareto front and recommendation, from the study's database alone."""
+def trial_rows(study: Any) -> list[dict]:
+    """Every trial of a study as a report row (objectives and CIs for complete ones)."""
     from optuna.trial import TrialState
 
     rows = []
@@ -464,6 +464,12 @@ def sweep_report(study: Any, loaded: LoadedSpec, max_forgetting: float | None) -
             row.update({k: a.get(k) for k in ("learning", "learning_ci", "forgetting", "forgetting_ci", "forgetting_task",
                                                "gates_passed", "learned", "forgot")})
         rows.append(row)
+    return rows
+
+
+def sweep_report(study: Any, loaded: LoadedSpec, max_forgetting: float | None) -> dict:
+    """The sweep's trials, Pareto front and recommendation, from the study's database alone."""
+    rows = trial_rows(study)
     done = [r for r in rows if r["state"] == "complete"]
     front = pareto_front([(r["learning"], r["forgetting"]) for r in done])
     for k, r in enumerate(done):
