@@ -90,6 +90,13 @@ def training_rows(tr: dict) -> list[tuple[str, str, str, str]]:
         else:
             value, target = ("not run" if t["value"] is None else f"{t['value']:.3f}"), f">= {t['target']}"
         rows.append((TARGET_LABELS.get(name, name), value, target, _met(t["met"])))
+    bound = tr.get("sorted_epoch_bound")
+    if bound:
+        rows.append(("train: real tokens per batch, whole epoch sorted by length", f"{bound['worst_batch_real_share']:.1%} worst batch "
+                     f"({1 - bound['padding_share']:.1%} of the epoch)", "", "the best any length grouping of these rows reaches at this batch size"))
+    if "ftpipe_over_reference_same_batches_paired_steps" in tr["ratios"]:
+        rows.append(("train: ftpipe / reference-same-batches, step against step", f"{tr['ratios']['ftpipe_over_reference_same_batches_paired_steps']:.3f}",
+                     "", "median over rounds and steps of the same batch's step-time ratio (robust to the host's noise bursts)"))
     if "reference-ungrouped" in s:
         rows.append(("train: real tokens, reference-ungrouped", f"{s['reference-ungrouped']['real_token_share_epoch']:.1%} of the epoch",
                      "", "what ungrouped batches carry"))

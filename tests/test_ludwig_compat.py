@@ -15,7 +15,7 @@ import torch
 
 from ftpipe.training import ludwig_compat
 from ftpipe.training import CompileContext, compile_spec
-from ftpipe.errors import CompileError
+from ftpipe.errors import CompileError, TrainError
 from ftpipe.spec import PipelineSpec
 from ftpipe.data.templates import chat_prompt
 
@@ -322,10 +322,39 @@ def test_lean_step_has_the_stock_loss_and_gradients(tiny_llama_dir, tmp_path, mo
     assert all(torch.allclose(a, b, atol=1e-7, rtol=1e-5) for a, b in zip(stock_grads, lean_grads))
     print(f"loss stock {stock_loss:.10f} lean {lean_loss:.10f}")
     assert "probabilities" in stock_outputs and "probabilities" not in lean_outputs
-    assert torch.equal(stock_outputs["predictions"], lean_outputs["predictions"])
+    # speed-up 1d: logits only for the positions that hold the targets (a 4-token target in a longer row)
+    kept, width = lean_outputs["logits"].shape[1], stock_outputs["logits"].shape[1]
+    assert kept == ludwig_compat.target_suffix_length(trainer.model, targets) < width
+    assert torch.equal(stock_outputs["logits"][:, -kept:], lean_outputs["logits"])
+    assert torch.equal(stock_outputs["predictions"][:, -kept:], lean_outputs["predictions"][:, -kept:])
     trainer.model.eval()
     with torch.no_grad():
         assert "probabilities" in trainer.model((dict(inputs), dict(targets)))
+
+
+def test_upstream_merged_ids_put_every_target_at_the_end():
+    """Speed-up 1d keeps only the last positions' logits: right while Ludwig left-pads prompt + target."""
+    from ludwig.utils.llm_utils import generate_merged_ids
+
+    class Tokenizer:
+        pad_token_id, eos_token_id, bos_token_id = 0, 9, 1
+
+    ids, mask = generate_merged_ids(torch.tensor([[0, 5, 6], [4, 5, 6]]), torch.tensor([[0, 7], [0, 8]]), Tokenizer())
+    assert ids.tolist() == [[0, 5, 6, 7, 9], [4, 5, 6, 8, 9]]
+
+
+def test_trimmed_logits_refuse_a_target_before_them():
+    """The shifted-label loss on suffix logits checks that no labelled position was cut off."""
+    from ludwig.modules.loss_modules import NextTokenSoftmaxCrossEntropyLoss as Loss
+    from ludwig.schema.features.loss.loss import NextTokenSoftmaxCrossEntropyLossConfig
+
+    ludwig_compat.apply_patches()
+    loss = Loss(NextTokenSoftmaxCrossEntropyLossConfig())
+    target = torch.tensor([[-100, -100, 3, 4, 2, -100]])
+    logits = torch.randn(1, 6, 10)
+    assert float(loss(logits[:, -5:], target)) == pytest.approx(float(loss(logits, target)))
+    with pytest.raises(TrainError, match="last 4 positions"):
+        loss(logits[:, -4:], target)
 
 
 def test_lean_training_keeps_the_loss_log_and_the_training_curve(tiny_llama_dir, tmp_path):

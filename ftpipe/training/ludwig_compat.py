@@ -1013,7 +1013,11 @@ def make_preference_callback(loss: str, beta: float, sep_id: int, record: list |
 # logs every step's loss itself, training/loss.jsonl; the per-feature training metrics become NaN,
 # validation metrics are untouched); (b) argmax only in training forwards (the
 # target realignment reads the predictions' shape); (c) shift the labels instead, as transformers
-# does: the same (logit, label) pairs and mean, so the same loss.
+# does: the same (logit, label) pairs and mean, so the same loss; (d) the LM head computes logits at
+# every position, prompt included, though only target positions have a label: Ludwig left-pads the
+# merged prompt + target, so every row's target ends at the last position, and a training forward
+# asks transformers for the logits of the last (longest target + 2) positions only (`logits_to_keep`);
+# the LM head (a fifth of SmolLM2's matmul weights) and the loss's softmax then run on those.
 # --------------------------------------------------------------------------------------------
 
 
@@ -1056,6 +1060,12 @@ def _patch_shifted_label_loss() -> None:
     def forward(self, preds, target):
         # the label of position i is target[i + 1]; the last position has none (-100 is ignored)
         labels = F.pad(target.long()[:, 1:], (0, 1), value=IGNORE_INDEX)
+        kept = preds.shape[1]
+        if kept < labels.shape[1]:  # speed-up 1d: logits of the last `kept` positions only
+            if (labels[:, : labels.shape[1] - kept] != IGNORE_INDEX).any():
+                raise TrainError(f"ftpipe's lean step kept the logits of the last {kept} positions, but a target "
+                                 "token lies before them (an ftpipe bug: please report it with the spec)")
+            labels = labels[:, -kept:]
         return self.loss_fn(preds.reshape(-1, preds.shape[-1]), labels.reshape(-1))
 
     forward._ftpipe_original = original
@@ -1076,7 +1086,13 @@ def make_lean(trainer) -> None:
     last_loss: list[float] = []
 
     def forward_pass(inputs, targets, should_step, *args, **kwargs):
-        outputs, loss, all_losses = original_forward_pass(inputs, targets, should_step, *args, **kwargs)
+        if suffix is not None:
+            suffix.length = target_suffix_length(model, targets)
+        try:
+            outputs, loss, all_losses = original_forward_pass(inputs, targets, should_step, *args, **kwargs)
+        finally:
+            if suffix is not None:
+                suffix.length = None
         last_loss[:] = [float(loss.detach()) * trainer.gradient_accumulation_steps]  # undo the trainer's division
         return outputs, loss, all_losses
 
@@ -1090,6 +1106,7 @@ def make_lean(trainer) -> None:
     model = trainer.model
     if model.type() != MODEL_LLM:
         return  # an ECD head's metrics are cheap, and skipping them leaves roc_auc with no samples (a logged traceback)
+    suffix = _keep_suffix_logits(model)
     trainer._forward_pass = forward_pass
     trainer._update_training_metrics = update_training_metrics
     for feature in model.output_features.values():
@@ -1102,10 +1119,56 @@ def make_lean(trainer) -> None:
             if not (model.training and torch.is_grad_enabled()):
                 return _original(inputs, feature_name)  # evaluation keeps its probabilities
             logits = output_feature_utils.get_output_feature_tensor(inputs, feature_name, _predict.logits_key)
-            return {_predict.predictions_key: torch.argmax(logits.detach(), -1), _predict.logits_key: logits}
+            predictions = torch.argmax(logits.detach(), -1)
+            width = model.model_inputs.shape[1]
+            if predictions.shape[1] < width:  # speed-up 1d: the target realignment needs the full width
+                full = predictions.new_full((predictions.shape[0], width), model.tokenizer.pad_token_id)
+                full[:, width - predictions.shape[1]:] = predictions
+                predictions = full
+            return {_predict.predictions_key: predictions, _predict.logits_key: logits}
 
         predict.forward = lean_predict
         predict._ftpipe_lean = True
+
+
+class _LogitsSuffix:
+    """How many last positions the running training forward computes logits for (None: all)."""
+
+    length: int | None = None
+
+
+def target_suffix_length(model, targets) -> int:
+    """Positions from the end that cover every row's target + EOS and the position predicting its first token."""
+    from ludwig.utils.llm_utils import remove_left_padding
+
+    of_name = next(iter(model.output_features))
+    return max(remove_left_padding(row, model.tokenizer)[0].shape[0] for row in targets[of_name]) + 2
+
+
+def _keep_suffix_logits(model) -> _LogitsSuffix | None:
+    """Speed-up 1d on one Ludwig LLM: a forward pre-hook passes `logits_to_keep` while a training step runs.
+    Not for packed batches (targets inside the pack) or soft prompts (virtual tokens re-lay the sequence)."""
+    import inspect
+
+    from ludwig.constants import TEXT
+
+    if model.output_feature_type != TEXT or getattr(model.config_obj.trainer, "packing", False):
+        return None
+    peft_configs = getattr(model.model, "peft_config", {}) or {}
+    if any(getattr(c, "is_prompt_learning", False) for c in peft_configs.values()):
+        return None
+    hf = model.model.get_base_model() if hasattr(model.model, "get_base_model") else model.model
+    if "logits_to_keep" not in inspect.signature(hf.forward).parameters:
+        return None
+    suffix = _LogitsSuffix()
+
+    def pass_length(module, args, kwargs):
+        if suffix.length is not None and module.training:
+            kwargs = {**kwargs, "logits_to_keep": suffix.length}
+        return args, kwargs
+
+    model.model.register_forward_pre_hook(pass_length, with_kwargs=True)
+    return suffix
 
 
 @dataclass(frozen=True)
