@@ -116,6 +116,11 @@ def main() -> None:
         single_s.append(round(s, 3))
         log(f"evaluation rep {r + 1}: one-by-one {s:.1f}s")
     new_tokens = sum(len(model.tokenizer(x, add_special_tokens=False)["input_ids"]) for x in texts_b)
+    # Where the time goes: the prompts' own tokens (prefill: the same work batched or not) against decoding.
+    prefill = {}
+    for name, size in (("batched", BATCH_SIZE), ("one_by_one", 1)):
+        prefill[name] = round(timed_generate(model, [{**i, "max_new_tokens": 1} for i in items], size, stop)[0], 3)
+        log(f"evaluation prefill only (1 new token): {name} {prefill[name]:.1f}s")
     b, s1 = median(batched_s), median(single_s)
     payload = {
         "what": "batched vs one-by-one greedy generation on the same demo items",
@@ -130,6 +135,8 @@ def main() -> None:
         "one_by_one_s_median": s1,
         "speedup": round(s1 / b, 2),
         "target_speedup_min": 6.0,  # issue 16
+        "prefill_only_s": prefill,
+        "decode_s": {"batched": round(b - prefill["batched"], 3), "one_by_one": round(s1 - prefill["one_by_one"], 3)},
         "identical_outputs": texts_b == texts_s,
         "differing_outputs": sum(x != y for x, y in zip(texts_b, texts_s)),
         "new_tokens_batched_reencoded": new_tokens,

@@ -128,6 +128,11 @@ def table() -> str:
              else f"{ev['differing_outputs']} outputs differ"),
             ("eval: batched speedup", f"{ev['speedup']:.2f}x", ">= 6x", _met(ev["speedup"] >= 6)),
         ]
+        if "prefill_only_s" in ev:
+            p, dec = ev["prefill_only_s"], ev["decode_s"]
+            rows.append(("eval: prefill only (1 new token) batched / one-by-one s", f"{p['batched']:.1f} / {p['one_by_one']:.1f}",
+                         "", f"the rest, decoding: {dec['batched']:.1f} / {dec['one_by_one']:.1f} s "
+                         f"({dec['one_by_one'] / dec['batched']:.2f}x)" if dec["batched"] > 0 else ""))
         d = ev["demo_evaluation"]
         rows.append(("eval: demo base+tuned evaluation, total", f"{d['evaluate_s']:.0f} s" if d.get("measured") else "not measured",
                      "", Path(d["run_dir"]).name if d.get("measured") else "no demo run found"))

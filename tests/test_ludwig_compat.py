@@ -332,6 +332,37 @@ def test_lean_step_has_the_stock_loss_and_gradients(tiny_llama_dir, tmp_path, mo
         assert "probabilities" in trainer.model((dict(inputs), dict(targets)))
 
 
+def test_lean_validation_has_the_stock_validation_loss(tiny_llama_dir, tmp_path):
+    """Speed-up 1e: Ludwig's checkpoint validation pass, made lean, scores the same loss (feature and combined)
+    from suffix logits without probabilities; evaluation outside that pass keeps its probabilities."""
+    trainer, batches, _ = captured_run(tiny_llama_dir, tmp_path, route_frame(), steps=1)  # stock trainer
+    model = trainer.model
+    seen = {}
+
+    def validation_pass(*args, **kwargs):  # what Ludwig's predictor does per batch, through the model's own calls
+        model.eval()
+        model.reset_metrics()
+        with torch.no_grad():
+            for inputs, targets in batches:
+                outputs = model(({k: v.clone() for k, v in inputs.items()}, {k: v.clone() for k, v in targets.items()}))
+                seen["logits"], seen["keys"] = outputs["logits"].shape, set(outputs)
+                model.update_metrics_finetune_llm({k: v.clone() for k, v in targets.items()}, model.outputs_to_predictions(outputs))
+        metrics = model.get_metrics()
+        return metrics["target"]["loss"], metrics["combined"]["loss"]
+
+    trainer.evaluation = validation_pass
+    stock = trainer.evaluation()
+    stock_width, stock_keys = seen["logits"][1], seen["keys"]
+    ludwig_compat.make_lean(trainer)
+    lean = trainer.evaluation()
+    assert lean == pytest.approx(stock, abs=1e-6)
+    assert seen["logits"][1] < stock_width and "probabilities" in stock_keys and "probabilities" not in seen["keys"]
+    inputs, targets = batches[0]
+    with torch.no_grad():
+        assert "probabilities" in model((dict(inputs), dict(targets)))  # outside the validation pass: stock
+    print(f"validation loss stock {stock} lean {lean}")
+
+
 def test_upstream_merged_ids_put_every_target_at_the_end():
     """Speed-up 1d keeps only the last positions' logits: right while Ludwig left-pads prompt + target."""
     from ludwig.utils.llm_utils import generate_merged_ids

@@ -1109,6 +1109,7 @@ def make_lean(trainer) -> None:
     suffix = _keep_suffix_logits(model)
     trainer._forward_pass = forward_pass
     trainer._update_training_metrics = update_training_metrics
+    validating = _make_validation_lean(trainer, model, suffix)
     for feature in model.output_features.values():
         predict = feature.prediction_module
         if not isinstance(predict, _SequencePredict) or getattr(predict, "_ftpipe_lean", False):
@@ -1116,7 +1117,7 @@ def make_lean(trainer) -> None:
         original_predict = predict.forward
 
         def lean_predict(inputs, feature_name, _predict=predict, _original=original_predict):
-            if not (model.training and torch.is_grad_enabled()):
+            if not (model.training and torch.is_grad_enabled()) and not validating:
                 return _original(inputs, feature_name)  # evaluation keeps its probabilities
             logits = output_feature_utils.get_output_feature_tensor(inputs, feature_name, _predict.logits_key)
             predictions = torch.argmax(logits.detach(), -1)
@@ -1129,6 +1130,55 @@ def make_lean(trainer) -> None:
 
         predict.forward = lean_predict
         predict._ftpipe_lean = True
+
+
+class _Flag:
+    def __init__(self):
+        self.on = False
+
+    def __bool__(self) -> bool:
+        return self.on
+
+
+def _make_validation_lean(trainer, model, suffix) -> _Flag:
+    """Speed-up 1e: Ludwig's checkpoint validation, reduced to what is read of it, the validation loss (the
+    best-checkpoint choice and the report's curve): suffix logits, no probabilities, no other metrics
+    (Ludwig's LLM metrics are wrong anyway, shared/LUDWIG.md; they become NaN). The same loss."""
+    validating = _Flag()
+    original_evaluation, original_forward = trainer.evaluation, model.forward
+    original_update = model.update_metrics_finetune_llm
+
+    def evaluation(*args, **kwargs):
+        validating.on = True
+        try:
+            return original_evaluation(*args, **kwargs)
+        finally:
+            validating.on = False
+
+    def forward(inputs, *args, **kwargs):
+        if not (validating and suffix is not None and isinstance(inputs, tuple) and inputs[1]):
+            return original_forward(inputs, *args, **kwargs)
+        suffix.length = target_suffix_length(model, inputs[1])
+        try:
+            return original_forward(inputs, *args, **kwargs)
+        finally:
+            suffix.length = None
+
+    def update_metrics_finetune_llm(targets, predictions):
+        if not validating:
+            return original_update(targets, predictions)
+        for of_name, feature in model.output_features.items():
+            targets = model._update_target_tensor_for_finetuning(targets, predictions, of_name)
+            logits = predictions[of_name][feature.prediction_module.logits_key].detach()
+            feature._metric_functions["loss"].to(logits.device).update(logits, targets[of_name])
+        eval_loss, additional_losses = model.eval_loss(targets, predictions)
+        model.eval_loss_metric.update(eval_loss)
+        model.eval_additional_losses_metrics.update(additional_losses)
+
+    trainer.evaluation = evaluation
+    model.forward = forward
+    model.update_metrics_finetune_llm = update_metrics_finetune_llm
+    return validating
 
 
 class _LogitsSuffix:
@@ -1163,7 +1213,7 @@ def _keep_suffix_logits(model) -> _LogitsSuffix | None:
     suffix = _LogitsSuffix()
 
     def pass_length(module, args, kwargs):
-        if suffix.length is not None and module.training:
+        if suffix.length is not None:  # set only inside a training step or Ludwig's validation pass
             kwargs = {**kwargs, "logits_to_keep": suffix.length}
         return args, kwargs
 
