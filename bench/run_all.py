@@ -135,7 +135,7 @@ def table() -> str:
                          f"({dec['one_by_one'] / dec['batched']:.2f}x)" if dec["batched"] > 0 else ""))
         d = ev["demo_evaluation"]
         rows.append(("eval: demo base+tuned evaluation, total", f"{d['evaluate_s']:.0f} s" if d.get("measured") else "not measured",
-                     "", Path(d["run_dir"]).name if d.get("measured") else "no demo run found"))
+                     "", (Path(d["run_dir"]).name + "; the newest demo run (a rerun reads the base scores from the cache)") if d.get("measured") else "no demo run found"))
     if es:
         for name, c in es["checks"].items():
             ok = _met(c["met"]) + ("" if c["identical"] in (True, None) else "; outputs differ")
