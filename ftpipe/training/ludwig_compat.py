@@ -20,6 +20,7 @@ batches (`training.group_by_length`), 3 packing that works (`training.packing`),
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -973,8 +974,6 @@ def make_preference_callback(loss: str, beta: float, sep_id: int, record: list |
     (trainers/trainer.py `_backward_pass`, `_optimizer_step`); it returns an int token count, as
     the trainer saves it in training_progress.json. `record`, when given, gets each step's loss and parts.
     """
-    import contextlib
-
     import_ludwig()
     from ludwig.callbacks import Callback
 
@@ -1086,13 +1085,8 @@ def make_lean(trainer) -> None:
     last_loss: list[float] = []
 
     def forward_pass(inputs, targets, should_step, *args, **kwargs):
-        if suffix is not None:
-            suffix.length = target_suffix_length(model, targets)
-        try:
+        with suffix.covering(model, targets) if suffix is not None else contextlib.nullcontext():
             outputs, loss, all_losses = original_forward_pass(inputs, targets, should_step, *args, **kwargs)
-        finally:
-            if suffix is not None:
-                suffix.length = None
         last_loss[:] = [float(loss.detach()) * trainer.gradient_accumulation_steps]  # undo the trainer's division
         return outputs, loss, all_losses
 
@@ -1158,11 +1152,8 @@ def _make_validation_lean(trainer, model, suffix) -> _Flag:
     def forward(inputs, *args, **kwargs):
         if not (validating and suffix is not None and isinstance(inputs, tuple) and inputs[1]):
             return original_forward(inputs, *args, **kwargs)
-        suffix.length = target_suffix_length(model, inputs[1])
-        try:
+        with suffix.covering(model, inputs[1]):
             return original_forward(inputs, *args, **kwargs)
-        finally:
-            suffix.length = None
 
     def update_metrics_finetune_llm(targets, predictions):
         if not validating:
@@ -1182,9 +1173,19 @@ def _make_validation_lean(trainer, model, suffix) -> _Flag:
 
 
 class _LogitsSuffix:
-    """How many last positions the running training forward computes logits for (None: all)."""
+    """How many last positions the running lean forward (a training step or Ludwig's validation pass)
+    computes logits for (None: all)."""
 
     length: int | None = None
+
+    @contextlib.contextmanager
+    def covering(self, model, targets):
+        """Keep the positions that cover these targets while the block runs."""
+        self.length = target_suffix_length(model, targets)
+        try:
+            yield
+        finally:
+            self.length = None
 
 
 def target_suffix_length(model, targets) -> int:
@@ -1196,7 +1197,7 @@ def target_suffix_length(model, targets) -> int:
 
 
 def _keep_suffix_logits(model) -> _LogitsSuffix | None:
-    """Speed-up 1d on one Ludwig LLM: a forward pre-hook passes `logits_to_keep` while a training step runs.
+    """Speed-up 1d on one Ludwig LLM: a forward pre-hook passes `logits_to_keep` while `_LogitsSuffix.covering` runs.
     Not for packed batches (targets inside the pack) or soft prompts (virtual tokens re-lay the sequence)."""
     import inspect
 
@@ -1315,8 +1316,6 @@ class LengthGroupedSampler:
 
 
 def _patch_length_grouping() -> None:
-    import contextlib
-
     from ludwig.data.dataset.pandas import PandasDataset
 
     if hasattr(PandasDataset.initialize_batcher, "_ftpipe_original"):
