@@ -3,9 +3,11 @@
 Items: the first ITEMS_PER_TASK evaluation items of each free-generation task of pipelines/demo.yaml
 (ticket_routing, order_extraction, capitals, word_opposites), rendered exactly as the evaluator renders
 them (`prepare_data`), each with its task's max_new_tokens. Model: the base SmolLM2-135M-Instruct through
-`ftpipe.evaluation.generation.load_model`, the evaluator's loader. Batched = `generate(batch_size=16)`, the
-evaluator's default; one-by-one = `generate(batch_size=1)`. The two alternate, batched first and last
-(REPEATS one-by-one passes, REPEATS + 1 batched, after warm-up calls of both shapes), medians compared; the texts must be identical (fp32 greedy).
+`ftpipe.evaluation.generation.load_model`, the evaluator's loader. Batched = `generate(batch_size=B)` with
+B = `evaluation.batch_size`'s default (read from the schema, 64); one-by-one = `generate(batch_size=1)`;
+also the previous default, batch 16 (before 2026-12-02), to show what the larger default buys. They
+alternate, batched first and last (REPEATS one-by-one passes, REPEATS + 1 batched, after warm-up calls of
+each shape), medians compared; the texts must be identical (fp32 greedy).
 
 Also reported: the demo's total evaluation time (base + tuned + few-shot base on five tasks), read from
 the newest successful demo run's manifest under ./runs (or $FTPIPE_RUNS, or BENCH_DEMO_RUNS).
@@ -23,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEMO_SPEC, REPO, log, median, write_result  # noqa: E402
 
-ITEMS_PER_TASK = 16
-BATCH_SIZE = 16
+ITEMS_PER_TASK = 48  # a task's items fill most of a default batch, as the demo's 80 do
+OLD_BATCH_SIZE = 16  # evaluation.batch_size's default until 2026-12-02
 REPEATS = 1
 MODEL = os.environ.get("BENCH_BASE_MODEL", "smollm2-135m-instruct")
 
@@ -95,48 +97,60 @@ def main() -> None:
 
     quiet_libraries()
     from ftpipe.evaluation.generation import ModelSpec, load_model
+    from ftpipe.spec.schema import EvaluationSpec
 
+    batch_size = EvaluationSpec.model_fields["batch_size"].default
     items, base, stop = demo_items()
     t = time.perf_counter()
     model = load_model(ModelSpec(base_path=base, device="cpu"))
     load_s = time.perf_counter() - t
-    # Warm-up of both shapes (the first batch-16 forward passes are much slower: allocator, kernel choice).
-    warm = [i["prompt"] for i in items[:BATCH_SIZE]]
-    model.generate(warm, max_new_tokens=8, batch_size=BATCH_SIZE)
+    # Warm-up of every shape (the first large-batch forward passes are much slower: allocator, kernel choice).
+    warm = [i["prompt"] for i in items[:batch_size]]
+    for size in (batch_size, OLD_BATCH_SIZE):
+        model.generate(warm[:size], max_new_tokens=8, batch_size=size)
     model.generate(warm[:2], max_new_tokens=8, batch_size=1)
-    batched_s, single_s, texts_b, texts_s = [], [], None, None
-    # Alternate B S B S B: batched is cheap, so it gets one more repeat than one-by-one.
+    batched_s, old_s, single_s, texts_b, texts_o, texts_s = [], [], [], None, None, None
+    # Alternate B O S B O S B: batched is cheap, so it gets one more repeat than the others.
     for r in range(a.repeats + 1):
-        s, texts_b = timed_generate(model, items, BATCH_SIZE, stop)
+        s, texts_b = timed_generate(model, items, batch_size, stop)
         batched_s.append(round(s, 3))
-        log(f"evaluation rep {r + 1}: batched {s:.1f}s")
+        log(f"evaluation rep {r + 1}: batched ({batch_size}) {s:.1f}s")
         if r == a.repeats:
             break
+        s, texts_o = timed_generate(model, items, OLD_BATCH_SIZE, stop)
+        old_s.append(round(s, 3))
+        log(f"evaluation rep {r + 1}: batch {OLD_BATCH_SIZE} {s:.1f}s")
         s, texts_s = timed_generate(model, items, 1, stop)
         single_s.append(round(s, 3))
         log(f"evaluation rep {r + 1}: one-by-one {s:.1f}s")
     new_tokens = sum(len(model.tokenizer(x, add_special_tokens=False)["input_ids"]) for x in texts_b)
     # Where the time goes: the prompts' own tokens (prefill: the same work batched or not) against decoding.
     prefill = {}
-    for name, size in (("batched", BATCH_SIZE), ("one_by_one", 1)):
+    for name, size in (("batched", batch_size), ("batch_16", OLD_BATCH_SIZE), ("one_by_one", 1)):
         prefill[name] = round(timed_generate(model, [{**i, "max_new_tokens": 1} for i in items], size, stop)[0], 3)
         log(f"evaluation prefill only (1 new token): {name} {prefill[name]:.1f}s")
-    b, s1 = median(batched_s), median(single_s)
+    b, o, s1 = median(batched_s), median(old_s), median(single_s)
     payload = {
         "what": "batched vs one-by-one greedy generation on the same demo items",
         "settings": {"model": MODEL, "dtype": model.dtype, "device": model.device, "items": len(items),
                      "items_per_task": ITEMS_PER_TASK, "tasks": sorted({i["task"] for i in items}),
-                     "max_new_tokens": {i["task"]: i["max_new_tokens"] for i in items}, "batch_size": BATCH_SIZE,
+                     "max_new_tokens": {i["task"]: i["max_new_tokens"] for i in items}, "batch_size": batch_size,
+                     "old_batch_size": OLD_BATCH_SIZE,
                      "repeats_one_by_one": a.repeats, "repeats_batched": a.repeats + 1, "generator": "ftpipe.evaluation.generation.LoadedModel.generate"},
         "model_load_s": round(load_s, 2),
         "batched_s": batched_s,
         "one_by_one_s": single_s,
         "batched_s_median": b,
+        "batch_16_s": old_s,
+        "batch_16_s_median": o,
+        "over_batch_16": round(o / b, 2),
+        "identical_to_batch_16": texts_b == texts_o,
         "one_by_one_s_median": s1,
         "speedup": round(s1 / b, 2),
         "target_speedup_min": 6.0,  # issue 16
         "prefill_only_s": prefill,
-        "decode_s": {"batched": round(b - prefill["batched"], 3), "one_by_one": round(s1 - prefill["one_by_one"], 3)},
+        "decode_s": {"batched": round(b - prefill["batched"], 3), "batch_16": round(o - prefill["batch_16"], 3),
+                     "one_by_one": round(s1 - prefill["one_by_one"], 3)},
         "identical_outputs": texts_b == texts_s,
         "differing_outputs": sum(x != y for x, y in zip(texts_b, texts_s)),
         "new_tokens_batched_reencoded": new_tokens,

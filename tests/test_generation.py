@@ -22,6 +22,7 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 from ftpipe.errors import BadInputError, ModelNotFoundError  # noqa: E402
+from ftpipe.spec.schema import EvaluationSpec  # noqa: E402
 from ftpipe.evaluation.generation import (  # noqa: E402
     LoadedModel,
     ModelSpec,
@@ -213,7 +214,9 @@ def test_generate_batched_equals_unbatched(base_model: LoadedModel, prompts: lis
     batched = base_model.generate(prompts, max_new_tokens=24, batch_size=3)
     one_by_one = [base_model.generate([p], max_new_tokens=24, batch_size=1)[0] for p in prompts]
     reference = [_reference_generate(base_model, p, 24) for p in prompts]
-    assert batched == one_by_one == reference
+    # the evaluator's default batch (64): every prompt in one batch, padded to the longest
+    default = base_model.generate(prompts, max_new_tokens=24, batch_size=EvaluationSpec().batch_size)
+    assert batched == one_by_one == reference == default
     assert all(batched) and len(set(batched)) == len(batched)  # the test is not vacuous
 
 
@@ -407,6 +410,25 @@ def test_loglikelihood_from_the_context_cache_equals_the_full_path(
     assert _choices(MC_ITEMS, fast) == _choices(MC_ITEMS, full)
     assert calls[-1] == len(contexts) and calls == sorted(calls)
     assert fast[conts.index("")] == (0.0, 0)
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 16])
+def test_loglikelihood_with_a_shared_system_prompt_runs_it_once_and_equals_the_full_path(
+    batch_size: int, tuned_model: LoadedModel, system_prompts: list[str], monkeypatch
+):
+    items = [(p, [" Paris", " a dog", " It is hard to say", "Yes"]) for p in system_prompts]
+    contexts, conts = _pairs(items)
+    laid_out: list[int] = []
+    prefix_pad = tuned_model._prefix_pad
+    monkeypatch.setattr(tuned_model, "_prefix_pad", lambda rows, p: (laid_out.append(p), prefix_pad(rows, p))[1])
+    with _reuse_kv(tuned_model, True):
+        fast = tuned_model.loglikelihood(contexts, conts, batch_size=batch_size)
+    with _reuse_kv(tuned_model, False):
+        full = tuned_model.loglikelihood(contexts, conts, batch_size=batch_size)
+    assert laid_out and min(laid_out) >= 20  # every chunk of contexts ran on the shared system prompt's cache
+    assert [n for _, n in fast] == [n for _, n in full]
+    assert max(abs(a - b) for (a, _), (b, _) in zip(fast, full)) < 1e-4
+    assert _choices(items, fast) == _choices(items, full)
 
 
 def test_kv_reuse_falls_back_where_the_cache_cannot_serve(base_model: LoadedModel, system_prompts: list[str],

@@ -825,7 +825,8 @@ class LoadedModel:
         groups (at most `batch_size` pairs, a larger group alone): one left-padded forward over the
         contexts with position ids from the mask, keeping the cache and the last logits (they score
         each continuation's first token); the cache rows repeated once per continuation; one
-        right-padded forward over all the continuations from that cache. Log-likelihoods equal the
+        right-padded forward over all the continuations from that cache. A token prefix all contexts share
+        runs once for the whole call (``_shared_prefix_cache``; the contexts laid out as in ``generate``). Log-likelihoods equal the
         full path's to float rounding (about 1e-5 in float32). If the model's cache is not a plain
         DynamicCache, nothing is scored and every pair is returned.
         """
@@ -842,12 +843,24 @@ class LoadedModel:
                 size = 0
             chunks[-1].append(key)
             size += len(groups[key])
+        # A token prefix every context shares (a system prompt) runs once, as in `generate`.
+        shared, prefix_cache = self._shared_prefix_cache([list(k) for k in groups], [])
         for c, keys in enumerate(chunks):
-            ctx_ids, ctx_mask = self._left_pad([list(k) for k in keys])
-            ctx_pos = (ctx_mask.cumsum(-1) - 1).clamp(min=0)
-            with torch.inference_mode():
-                out = self.model(input_ids=ctx_ids, attention_mask=ctx_mask, position_ids=ctx_pos, use_cache=True,
-                                 logits_to_keep=1)
+            if prefix_cache is not None:
+                ctx_ids, ctx_mask = self._prefix_pad([list(k) for k in keys], shared)
+                ctx_pos = (ctx_mask.cumsum(-1) - 1).clamp(min=0)
+                cache = copy.deepcopy(prefix_cache)
+                cache.batch_repeat_interleave(len(keys))
+                with torch.inference_mode():
+                    out = self.model(input_ids=ctx_ids[:, shared:], attention_mask=ctx_mask,
+                                     position_ids=ctx_pos[:, shared:], past_key_values=cache, use_cache=True,
+                                     logits_to_keep=1)
+            else:
+                ctx_ids, ctx_mask = self._left_pad([list(k) for k in keys])
+                ctx_pos = (ctx_mask.cumsum(-1) - 1).clamp(min=0)
+                with torch.inference_mode():
+                    out = self.model(input_ids=ctx_ids, attention_mask=ctx_mask, position_ids=ctx_pos, use_cache=True,
+                                     logits_to_keep=1)
             cache = out.past_key_values
             if not _plain_kv_cache(cache):
                 return [i for k in (key for ks in chunks[c:] for key in ks) for i in groups[k]]

@@ -455,7 +455,9 @@ class EvaluationSpec(Section):
     min_items: int = Field(1, ge=1, le=1_000_000, description="Fewest items a task may be evaluated on (after leakage drops); fewer stops "
                                                 "the run before training.")
     few_shot: int = Field(0, ge=0, le=16, description="k for the few-shot baseline of the base model on target tasks (0 = off).")
-    batch_size: int = Field(16, ge=1, le=1024, description="Generation batch size.")
+    batch_size: int = Field(64, ge=1, le=1024, description="Prompts (or scored pairs) per forward pass. Decoding reads every "
+                            "weight once per step whatever the batch, so 64 decodes the demo about 2x faster than 16 on 2 CPU "
+                            "cores, with the same fp32 outputs; lower it when long prompts x batch overflow memory.")
     bootstrap_resamples: int = Field(10_000, ge=100, le=1_000_000)
     confidence: float = Field(0.95, gt=0.5, lt=1)
     diagnosis: DiagnosisSpec = Field(default_factory=DiagnosisSpec)
