@@ -456,7 +456,7 @@ class EvaluationSpec(Section):
                                                 "the run before training.")
     few_shot: int = Field(0, ge=0, le=16, description="k for the few-shot baseline of the base model on target tasks (0 = off).")
     batch_size: int = Field(64, ge=1, le=1024, description="Prompts (or scored pairs) per forward pass. Decoding reads every "
-                            "weight once per step whatever the batch, so 64 decodes the demo about 2x faster than 16 on 2 CPU "
+                            "weight once per step whatever the batch, so 64 runs the demo's items 1.57x faster than 16 on 2 CPU "
                             "cores, with the same fp32 outputs; lower it when long prompts x batch overflow memory.")
     bootstrap_resamples: int = Field(10_000, ge=100, le=1_000_000)
     confidence: float = Field(0.95, gt=0.5, lt=1)
