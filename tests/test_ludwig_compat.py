@@ -549,6 +549,47 @@ def test_bf16_autocast_step_on_cpu(tiny_llama_dir, tmp_path):
     assert bf16 == pytest.approx(fp32, rel=1e-2)
 
 
+@pytest.mark.skipif(bool(ludwig_compat.bf16_unsupported("cpu")), reason="this CPU has no native bf16")
+def test_bf16_casts_frozen_weights_once_with_the_same_loss_and_gradients(tiny_llama_dir, tmp_path):
+    """The bf16 forward swaps in bf16 copies of the frozen Linear weights (cast once) instead of letting
+    autocast re-cast them each step: the same loss and LoRA gradients bit for bit, fp32 weights back after."""
+    def no_dropout(config):
+        config["adapter"]["dropout"] = 0.0
+
+    trainer, batches, _ = captured_run(tiny_llama_dir, tmp_path, route_frame(8), steps=1, real_steps=1, config_edit=no_dropout,
+                                       options=ludwig_compat.StepOptions(lean=False, group_by_length=False, bf16=True))
+    inputs, targets = batches[0]
+    model = trainer.model
+    model.train()
+    weights_before = {name: p for name, p in model.named_parameters()}
+    lora = {name: p for name, p in weights_before.items() if p.requires_grad}
+    assert lora and all("lora" in name for name in lora)
+
+    def loss_and_grads(forward_pass) -> tuple[float, dict[str, torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        loss = forward_pass({k: v.clone() for k, v in inputs.items()}, {k: v.clone() for k, v in targets.items()}, True)[1]
+        loss.backward()
+        return float(loss), {name: p.grad.clone() for name, p in lora.items()}
+
+    def recast_every_step(*args):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return type(trainer)._forward_pass(trainer, *args)
+
+    cached_loss, cached_grads = loss_and_grads(trainer._forward_pass)
+    frozen = trainer._ftpipe_frozen_bf16
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert frozen.count == sum(not m.weight.requires_grad for m in linears) > 0
+    recast_loss, recast_grads = loss_and_grads(recast_every_step)
+    assert cached_loss == recast_loss
+    for name in lora:
+        assert torch.equal(cached_grads[name], recast_grads[name]), name
+    assert all(p is weights_before[name] for name, p in model.named_parameters())  # the fp32 objects, back in place
+    assert all(m.weight.dtype == torch.float32 for m in linears)
+    copies = {id(bf16) for _, _, bf16 in frozen._slots}
+    cached_loss_again, _ = loss_and_grads(trainer._forward_pass)
+    assert cached_loss_again == cached_loss and {id(bf16) for _, _, bf16 in frozen._slots} == copies  # not re-cast
+
+
 def test_bf16_refused_where_it_would_be_emulated(monkeypatch):
     monkeypatch.setattr(ludwig_compat, "bf16_unsupported", lambda device: "no native bf16")
 

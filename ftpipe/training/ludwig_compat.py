@@ -1468,6 +1468,12 @@ def _patch_packed_forward() -> None:
 # Fix: autocast the trainer's forward pass (model forward + loss) to bf16. The backward runs outside
 # the context, as PyTorch recommends; bf16 needs no GradScaler; Ludwig casts the logits to fp32
 # before the loss; master weights and AdamW stay fp32. Validation passes stay fp32.
+# Autocast caches its bf16 casts only for weights that require grad, so with LoRA it re-casts every
+# frozen fp32 Linear weight in every forward (134.5M values per SmolLM2 step). The forward instead
+# swaps in bf16 copies of those weights, cast once: the same rounded values, so the same loss and
+# gradients, 1.17x faster forward + backward on SmolLM2 (measured 2026-12-03), for half the frozen
+# weights' memory again. The fp32 weights are back in place before anything else reads the model
+# (backward reads the bf16 tensors autograd saved; validation and checkpoints see fp32).
 # --------------------------------------------------------------------------------------------
 
 
@@ -1506,10 +1512,51 @@ def enable_bf16_autocast(trainer) -> None:
     if why:
         raise TrainError(f"training.precision bf16: {why}", hint="use precision auto (fp32 on CPU)")
     original = trainer._forward_pass
+    frozen = FrozenBf16Weights(trainer.model)
 
     def forward_pass(*args, **kwargs):
-        with torch.autocast(device, dtype=torch.bfloat16):
+        with frozen.swapped_in(), torch.autocast(device, dtype=torch.bfloat16):
             return original(*args, **kwargs)
 
     trainer._forward_pass = forward_pass
     trainer._ftpipe_bf16 = True
+    trainer._ftpipe_frozen_bf16 = frozen
+
+
+class FrozenBf16Weights:
+    """bf16 copies of a model's frozen fp32 Linear weights, cast once, swapped in for a forward."""
+
+    def __init__(self, model) -> None:
+        self._model = model
+        self._slots: list[tuple[Any, Any, Any]] = []  # (Linear, its fp32 weight, the bf16 copy)
+
+    def _build(self) -> None:
+        import torch
+
+        copies: dict[int, Any] = {}  # tied weights (SmolLM2's LM head and embedding) share one copy
+        self._slots = []
+        for module in self._model.modules():
+            weight = module._parameters.get("weight") if isinstance(module, torch.nn.Linear) else None
+            if weight is None or weight.requires_grad or weight.dtype != torch.float32:
+                continue  # trained weights are cached by autocast itself; 4-bit or bf16 ones need no copy
+            if id(weight) not in copies:
+                copies[id(weight)] = torch.nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False)
+            self._slots.append((module, weight, copies[id(weight)]))
+
+    @property
+    def count(self) -> int:
+        """How many Linear layers get a bf16 copy (0 before the first forward)."""
+        return len(self._slots)
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        # Rebuilt if anything replaced a weight since (a reloaded checkpoint, a merged adapter).
+        if not self._slots or any(module._parameters.get("weight") is not fp32 for module, fp32, _ in self._slots):
+            self._build()
+        for module, _, bf16 in self._slots:
+            module._parameters["weight"] = bf16
+        try:
+            yield
+        finally:
+            for module, fp32, _ in self._slots:
+                module._parameters["weight"] = fp32
