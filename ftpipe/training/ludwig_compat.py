@@ -1528,7 +1528,7 @@ class FrozenBf16Weights:
 
     def __init__(self, model) -> None:
         self._model = model
-        self._slots: list[tuple[Any, Any, Any]] = []  # (Linear, its fp32 weight, the bf16 copy)
+        self._slots: list[tuple[Any, Any, Any]] | None = None  # (Linear, its fp32 weight, the bf16 copy); None: not built
 
     def _build(self) -> None:
         import torch
@@ -1546,12 +1546,13 @@ class FrozenBf16Weights:
     @property
     def count(self) -> int:
         """How many Linear layers get a bf16 copy (0 before the first forward)."""
-        return len(self._slots)
+        return len(self._slots or ())
 
     @contextlib.contextmanager
     def swapped_in(self):
         # Rebuilt if anything replaced a weight since (a reloaded checkpoint, a merged adapter).
-        if not self._slots or any(module._parameters.get("weight") is not fp32 for module, fp32, _ in self._slots):
+        # A model with no frozen weights (full fine-tuning) is scanned once, not every step.
+        if self._slots is None or any(module._parameters.get("weight") is not fp32 for module, fp32, _ in self._slots):
             self._build()
         for module, _, bf16 in self._slots:
             module._parameters["weight"] = bf16
