@@ -590,6 +590,30 @@ def test_bf16_casts_frozen_weights_once_with_the_same_loss_and_gradients(tiny_ll
     assert cached_loss_again == cached_loss and {id(bf16) for _, _, bf16 in frozen._slots} == copies  # not re-cast
 
 
+def test_bf16_copies_scan_a_fully_trained_model_once_and_rebuild_when_a_weight_is_replaced():
+    """Full fine-tuning has no frozen fp32 weights: no copies, and the modules are not rescanned every step.
+    A frozen weight replaced since (a reloaded checkpoint) gets a fresh copy."""
+    trained = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    copies = ludwig_compat.FrozenBf16Weights(trained)
+    with copies.swapped_in():
+        pass
+    slots = copies._slots
+    with copies.swapped_in():
+        assert trained[0].weight.dtype == torch.float32
+    assert copies.count == 0 and copies._slots is slots  # the empty list was kept, not rebuilt
+
+    frozen = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)).requires_grad_(False)
+    copies = ludwig_compat.FrozenBf16Weights(frozen)
+    with copies.swapped_in():
+        assert frozen[0].weight.dtype == torch.bfloat16
+    first = copies._slots
+    frozen[1].weight = torch.nn.Parameter(torch.ones(2, 4), requires_grad=False)
+    with copies.swapped_in():
+        assert torch.equal(frozen[1].weight, torch.ones(2, 4, dtype=torch.bfloat16))
+    assert copies.count == 2 and copies._slots is not first
+    assert frozen[1].weight.dtype == torch.float32
+
+
 def test_bf16_refused_where_it_would_be_emulated(monkeypatch):
     monkeypatch.setattr(ludwig_compat, "bf16_unsupported", lambda device: "no native bf16")
 
