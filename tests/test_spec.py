@@ -136,6 +136,15 @@ def test_json_schema_describes_fields():
     assert "learning_rate" in str(schema)
 
 
+def test_spec_reference_in_docs_is_the_generated_one():
+    """docs/SPEC.md is what `ftpipe schema --markdown` prints: a field's description changes in one place."""
+    from ftpipe.spec.docs import spec_reference_markdown
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "SPEC.md"
+    assert docs.read_text().rstrip("\n") == spec_reference_markdown().rstrip("\n"), \
+        "docs/SPEC.md is stale: regenerate it with `ftpipe schema --markdown > docs/SPEC.md`"
+
+
 # --------------------------------------------------------------------------------------------
 # CLI behaviour: one line per problem, exit code 2, no traceback, no torch import
 # --------------------------------------------------------------------------------------------
