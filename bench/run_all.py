@@ -10,7 +10,7 @@
 
 Each benchmark runs in its own process, never two at once (2 cores: parallel torch jobs oversubscribe).
 The table shows the latest result file of each benchmark that has one (each section says when it was measured)
-and is also written to bench/results/table.md.
+and is also written to bench/results/table.md and into bench/README.md between its table markers.
 
   python bench/run_all.py                 # 1-4 (about 20 minutes on 2 CPU cores)
   python bench/run_all.py --only training --rounds 2
@@ -124,7 +124,7 @@ def table() -> str:
     if ev:
         rows += [
             (f"eval: batched (batch {ev['settings']['batch_size']}) s", f"{ev['batched_s_median']:.1f}", "",
-             f"{ev['settings']['items']} items ({ev['settings'].get('items_per_task', 16)} per task)"),
+             f"{ev['settings']['items']} items ({ev['settings'].get('items_per_task', 16)} per task); measured {ev['measured_at']}"),
             ("eval: one-by-one s", f"{ev['one_by_one_s_median']:.1f}", "", "same items, same outputs" if ev["identical_outputs"]
              else f"{ev['differing_outputs']} outputs differ"),
             ("eval: batched speedup", f"{ev['speedup']:.2f}x", ">= 6x", _met(ev["speedup"] >= 6)),
@@ -224,7 +224,27 @@ def main() -> None:
             log("--quick: tiny model, the numbers below mean nothing")
     text = table()
     (RESULTS / "table.md").write_text(text)
+    if not a.quick and RESULTS == BENCH_DIR / "results":  # the README shows the kept results only
+        write_into_readme(text)
     print(text)
+
+
+README = BENCH_DIR / "README.md"
+TABLE_START = "<!-- bench table: written by bench/run_all.py from bench/results/, do not edit by hand -->"
+TABLE_END = "<!-- end of bench table -->"
+
+
+def write_into_readme(text: str, readme: Path = README) -> None:
+    """Replace the table between the markers in bench/README.md (the prose around it stays by hand)."""
+    doc = readme.read_text()
+    start, end = doc.find(TABLE_START), doc.find(TABLE_END)
+    if start < 0 or end < start:
+        log(f"{readme}: no table markers ({TABLE_START!r} ... {TABLE_END!r}); table not written there")
+        return
+    updated = doc[:start + len(TABLE_START)] + "\n" + text.rstrip("\n") + "\n" + doc[end:]
+    tmp = readme.with_suffix(".md.tmp")
+    tmp.write_text(updated)
+    tmp.replace(readme)  # never a half-written README
 
 
 if __name__ == "__main__":
