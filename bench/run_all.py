@@ -156,7 +156,7 @@ def table() -> str:
     if st:
         for name, target in (("ftpipe --help", 0.5), ("ftpipe validate pipelines/demo.yaml", 1.0)):
             c = st["commands"][name]
-            rows.append((f"startup: {name}", f"{c['median_s']:.2f} s", f"<= {target} s", _met(c["met"])))
+            rows.append((f"startup: {name}", f"{c['median_s']:.2f} s", f"<= {target} s", f"{_met(c['met'])}; measured {st['measured_at']}"))
         rows.append(("startup: python -c pass (floor)", f"{st['commands']['python -c pass']['median_s']:.2f} s", "", ""))
     if gpu:
         if gpu.get("skipped"):
