@@ -181,6 +181,23 @@ def table() -> str:
     return head + "\n".join(lines) + "\n"
 
 
+README = BENCH_DIR / "README.md"
+TABLE_START = "<!-- bench table: written by bench/run_all.py from bench/results/, do not edit by hand -->"
+TABLE_END = "<!-- end of bench table -->"
+
+
+def write_into_readme(text: str, readme: Path = README) -> None:
+    """Replace the table between the markers in bench/README.md (the prose around it stays by hand)."""
+    from ftpipe.files import write_text_atomic
+
+    doc = readme.read_text()
+    start, end = doc.find(TABLE_START), doc.find(TABLE_END)
+    if start < 0 or end < start:
+        log(f"{readme}: no table markers ({TABLE_START!r} ... {TABLE_END!r}); table not written there")
+        return
+    write_text_atomic(readme, doc[:start + len(TABLE_START)] + "\n" + text.rstrip("\n") + "\n" + doc[end:])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=BENCHMARKS, action="append", help=f"repeatable; default: {', '.join(DEFAULT)}")
@@ -227,24 +244,6 @@ def main() -> None:
     if not a.quick and RESULTS == BENCH_DIR / "results":  # the README shows the kept results only
         write_into_readme(text)
     print(text)
-
-
-README = BENCH_DIR / "README.md"
-TABLE_START = "<!-- bench table: written by bench/run_all.py from bench/results/, do not edit by hand -->"
-TABLE_END = "<!-- end of bench table -->"
-
-
-def write_into_readme(text: str, readme: Path = README) -> None:
-    """Replace the table between the markers in bench/README.md (the prose around it stays by hand)."""
-    doc = readme.read_text()
-    start, end = doc.find(TABLE_START), doc.find(TABLE_END)
-    if start < 0 or end < start:
-        log(f"{readme}: no table markers ({TABLE_START!r} ... {TABLE_END!r}); table not written there")
-        return
-    updated = doc[:start + len(TABLE_START)] + "\n" + text.rstrip("\n") + "\n" + doc[end:]
-    tmp = readme.with_suffix(".md.tmp")
-    tmp.write_text(updated)
-    tmp.replace(readme)  # never a half-written README
 
 
 if __name__ == "__main__":

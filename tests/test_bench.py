@@ -32,7 +32,7 @@ def test_the_table_replaces_only_what_lies_between_the_markers(tmp_path):
     run_all.write_into_readme("| measure | value |\n|---|---|\n| a | 1 |\n", readme)
     assert readme.read_text() == (f"intro\n\n{run_all.TABLE_START}\n| measure | value |\n|---|---|\n| a | 1 |\n"
                                   f"{run_all.TABLE_END}\n\nanalysis by hand\n")
-    assert not list(tmp_path.glob("*.tmp"))
+    assert [p.name for p in tmp_path.iterdir()] == ["README.md"]  # no temporary file left beside it
     readme.write_text("no markers\n")
     run_all.write_into_readme("| a |\n", readme)
     assert readme.read_text() == "no markers\n"  # left alone, with a log line saying why
